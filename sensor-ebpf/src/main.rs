@@ -1,0 +1,23 @@
+//! minerwatch's eBPF object: one module per hook family. Every hook is a thin shell over a
+//! `try_` function; failures are counted in `STATS`, never silently dropped.
+#![no_std]
+#![no_main]
+
+mod cpu;
+mod exec;
+mod maps;
+mod net;
+mod payload;
+mod proc;
+mod util;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that can reach here, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,254 @@
+//! Process-shape indicators: where the executable lives, names that imitate kernel threads,
+//! and command lines that carry miner options. Plain string functions.
+
+/// Why an executable's location is suspicious, if it is.
+pub fn exe_location(exe: &str) -> Option<&'static str> {
+    if exe.starts_with("/memfd:") {
+        return Some("runs from memory (memfd), with no file on disk");
+    }
+    if exe.ends_with(" (deleted)") {
+        return Some("was deleted from disk after it started");
+    }
+    for (dir, why) in [
+        ("/tmp/", "is in /tmp, a world-writable directory"),
+        ("/var/tmp/", "is in /var/tmp, a world-writable directory"),
+        (
+            "/dev/shm/",
+            "is in /dev/shm, a memory-backed world-writable directory",
+        ),
+    ] {
+        if exe.starts_with(dir) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+/// Prefixes of real kernel thread names.
+const KTHREADS: &[&str] = &[
+    "kworker/",
+    "kthreadd",
+    "ksoftirqd/",
+    "migration/",
+    "rcu_",
+    "kswapd",
+    "watchdog/",
+    "khugepaged",
+    "kcompactd",
+    "kdevtmpfs",
+    "kauditd",
+    "jbd2/",
+    "irq/",
+    "cpuhp/",
+    "idle_inject/",
+];
+
+/// A user-space process whose name or argv[0] imitates a kernel thread (`[kworker/0:1]`).
+/// Real kernel threads have no executable, so any `exe` here means an imitation.
+pub fn imitates_kernel_thread(comm: &str, argv0: Option<&str>, exe: &str) -> Option<String> {
+    if exe.is_empty() {
+        return None;
+    }
+    for name in std::iter::once(comm).chain(argv0) {
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let bracketed = name.starts_with('[') && name.ends_with(']');
+        if bracketed || KTHREADS.iter().any(|k| bare.starts_with(k)) {
+            return Some(name.to_string());
+        }
+    }
+    None
+}
+
+/// Option names that only miners use.
+const MINER_FLAGS: &[&str] = &[
+    "--donate-level",
+    "--nicehash",
+    "--randomx-mode",
+    "--randomx-1gb-pages",
+    "--randomx-wrmsr",
+    "--cpu-max-threads-hint",
+    "--cpu-priority",
+    "--coin",
+];
+
+/// Algorithms miners are told to run (`-a rx/0`, `--algo=ethash`).
+const ALGOS: &[&str] = &[
+    "rx/",
+    "cn/",
+    "cn-lite",
+    "cn-heavy",
+    "cn-pico",
+    "argon2/",
+    "ghostrider",
+    "ethash",
+    "etchash",
+    "kawpow",
+    "autolykos",
+    "randomx",
+    "cryptonight",
+    "sha256d",
+    "scrypt",
+];
+
+/// Words that mark a URL or host as a mining pool.
+const POOL_WORDS: &[&str] = &[
+    "pool", "xmr", "monero", "nicehash", "nanopool", "2miners", "mine",
+];
+
+fn is_monero_address(s: &str) -> bool {
+    // Standard (95) and integrated (106) addresses, base58, starting with 4 or 8.
+    matches!(s.len(), 95 | 106)
+        && matches!(s.as_bytes()[0], b'4' | b'8')
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() && !matches!(c, b'0' | b'O' | b'I' | b'l'))
+}
+
+fn is_eth_address(s: &str) -> bool {
+    let s = s.split(['.', '/']).next().unwrap_or(s);
+    s.len() == 42 && s.starts_with("0x") && s[2..].bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Each miner indicator found in `argv`, described for a person.
+pub fn miner_cmdline(argv: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut add = |s: String| {
+        if !found.contains(&s) {
+            found.push(s);
+        }
+    };
+    let mut prev: Option<&str> = None;
+    for arg in argv.iter().skip(1) {
+        let lower = arg.to_ascii_lowercase();
+        let (flag, value) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v)),
+            _ => (arg.as_str(), None),
+        };
+        if let Some(scheme) = [
+            "stratum+tcp://",
+            "stratum+ssl://",
+            "stratum+tls://",
+            "stratum2+tcp://",
+        ]
+        .iter()
+        .find(|s| lower.contains(*s))
+        {
+            add(format!("a Stratum URL ({scheme}…)"));
+        }
+        if let Some(f) = MINER_FLAGS.iter().find(|f| flag == **f) {
+            add(format!("the miner option {f}"));
+        }
+        // The value of -a/--algo, whether attached or the next argument.
+        let algo = match (prev, flag, value) {
+            (_, "-a" | "--algo", Some(v)) => Some(v),
+            (Some("-a" | "--algo"), _, _) => Some(arg.as_str()),
+            _ => None,
+        };
+        if let Some(a) = algo
+            && ALGOS.iter().any(|p| a.to_ascii_lowercase().starts_with(p))
+        {
+            add(format!("a mining algorithm ({a})"));
+        }
+        let url = match (prev, flag, value) {
+            (_, "-o" | "--url", Some(v)) => Some(v),
+            (Some("-o" | "--url"), _, _) => Some(arg.as_str()),
+            _ => None,
+        };
+        if let Some(u) = url
+            && POOL_WORDS
+                .iter()
+                .any(|w| u.to_ascii_lowercase().contains(w))
+        {
+            add(format!("a pool address ({u})"));
+        }
+        let bare = value.unwrap_or(arg);
+        if is_monero_address(bare) {
+            add(format!("a Monero wallet address ({}…)", &bare[..12]));
+        } else if is_eth_address(bare) {
+            add(format!("an Ethereum wallet address ({}…)", &bare[..12]));
+        }
+        prev = Some(flag);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn exe_locations() {
+        assert!(exe_location("/tmp/.x/xmrig").is_some());
+        assert!(exe_location("/dev/shm/kworker").is_some());
+        assert!(exe_location("/var/tmp/a").is_some());
+        assert!(
+            exe_location("/memfd:payload (deleted)")
+                .unwrap()
+                .contains("memfd")
+        );
+        assert!(
+            exe_location("/home/u/miner (deleted)")
+                .unwrap()
+                .contains("deleted")
+        );
+        assert_eq!(exe_location("/usr/bin/python3"), None);
+        assert_eq!(exe_location("/home/tmp/x"), None);
+    }
+
+    #[test]
+    fn kernel_thread_imitation() {
+        assert!(imitates_kernel_thread("kworker/0:1", None, "/tmp/k").is_some());
+        assert!(imitates_kernel_thread("bash", Some("[kthreadd]"), "/usr/bin/bash").is_some());
+        assert_eq!(
+            imitates_kernel_thread("kworker/0:1", None, ""),
+            None,
+            "a real kthread"
+        );
+        assert_eq!(
+            imitates_kernel_thread("python3", Some("python3"), "/usr/bin/python3"),
+            None
+        );
+    }
+
+    #[test]
+    fn xmrig_style_command_line() {
+        let w = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+        let found = miner_cmdline(&argv(&format!(
+            "./xmrig -o pool.supportxmr.com:443 -u {w} -a rx/0 --donate-level=1 --nicehash"
+        )));
+        assert_eq!(
+            found,
+            [
+                "a pool address (pool.supportxmr.com:443)",
+                "a Monero wallet address (44AFFq5kSiGB…)",
+                "a mining algorithm (rx/0)",
+                "the miner option --donate-level",
+                "the miner option --nicehash",
+            ]
+        );
+        let found = miner_cmdline(&argv("t-rex --algo=ethash -o stratum+tcp://10.0.0.1:4444"));
+        assert_eq!(
+            found,
+            [
+                "a mining algorithm (ethash)",
+                "a Stratum URL (stratum+tcp://…)"
+            ]
+        );
+    }
+
+    #[test]
+    fn ordinary_command_lines_are_clean() {
+        for a in [
+            "gcc -o main main.c -O2",
+            "ssh -o StrictHostKeyChecking=no host",
+            "tar -a -cf x.tar.gz dir",
+            "srun -n 64 ./lammps -in in.lj",
+            "python3 train.py --lr 0.1",
+        ] {
+            assert!(miner_cmdline(&argv(a)).is_empty(), "{a}");
+        }
+    }
+}

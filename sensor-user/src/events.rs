@@ -1,0 +1,271 @@
+//! Decoding of ring-buffer records into owned, typed events: once, here, with length and
+//! kind checks. Nothing past this module sees raw kernel bytes.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use sensor_common::{
+    ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EventHeader, ExecEvent, ExitEvent,
+    ForkEvent, PROTO_TCP, PayloadEvent, kind,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte layout")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {kind}")]
+    UnknownKind { kind: u32 },
+}
+
+/// Fields common to all events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub meta: Meta,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub argv_missing: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    pub meta: Meta,
+    pub child: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// UDP, or a TCP connect that failed before the SYN was sent.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub meta: Meta,
+    pub fd: i32,
+    pub peer: SocketAddr,
+    pub transport: Transport,
+    /// 0 or a negative errno.
+    pub ret: i32,
+}
+
+impl Connect {
+    /// Connected, or connecting without blocking.
+    pub fn ok(&self) -> bool {
+        self.ret == 0 || self.ret == -libc::EINPROGRESS
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub meta: Meta,
+    pub fd: i32,
+    pub syscall: u32,
+    pub offset: u32,
+    pub total: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Exec(Exec),
+    Fork(Fork),
+    Exit(Meta),
+    Connect(Connect),
+    Payload(Payload),
+}
+
+/// Copies a `#[repr(C)]` plain-data struct out of a byte slice of at least its size.
+fn read<T: Copy>(b: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if b.len() < need {
+        return Err(DecodeError::Short { len: b.len(), need });
+    }
+    // SAFETY: length checked; T is one of sensor_common's plain-data structs, valid for any
+    // bit pattern; read_unaligned because ring-buffer records are only 8-byte aligned.
+    Ok(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn meta(h: &EventHeader) -> Meta {
+    Meta {
+        tgid: h.tgid,
+        tid: h.tid,
+        ktime_ns: h.ktime_ns,
+        cgroup_id: h.cgroup_id,
+    }
+}
+
+impl TryFrom<&[u8]> for Event {
+    type Error = DecodeError;
+
+    fn try_from(b: &[u8]) -> Result<Self, DecodeError> {
+        let hdr: EventHeader = read(b)?;
+        Ok(match hdr.kind {
+            kind::EXEC => {
+                let e: ExecEvent = read(b)?;
+                let len = (e.argv_len as usize).min(e.argv.len());
+                let argv = e.argv[..len]
+                    .split(|&c| c == 0)
+                    .take(e.argc as usize)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                Event::Exec(Exec {
+                    meta: meta(&e.hdr),
+                    ppid: e.ppid,
+                    uid: e.uid,
+                    gid: e.gid,
+                    comm: cstr(&e.comm),
+                    filename: cstr(&e.filename),
+                    argv,
+                    argv_truncated: e.flags & EXEC_ARGV_TRUNCATED != 0,
+                    argv_missing: e.flags & EXEC_ARGV_MISSING != 0,
+                })
+            }
+            kind::FORK => {
+                let e: ForkEvent = read(b)?;
+                Event::Fork(Fork {
+                    meta: meta(&e.hdr),
+                    child: e.child_tgid,
+                    comm: cstr(&e.comm),
+                })
+            }
+            kind::EXIT => Event::Exit(meta(&read::<ExitEvent>(b)?.hdr)),
+            kind::CONNECT => {
+                let e: ConnectEvent = read(b)?;
+                let ip = if e.family == libc::AF_INET6 as u16 {
+                    let v6 = Ipv6Addr::from(e.daddr);
+                    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(
+                        e.daddr[0], e.daddr[1], e.daddr[2], e.daddr[3],
+                    ))
+                };
+                Event::Connect(Connect {
+                    meta: meta(&e.hdr),
+                    fd: e.fd,
+                    peer: SocketAddr::new(ip, e.dport),
+                    transport: if e.proto == PROTO_TCP {
+                        Transport::Tcp
+                    } else {
+                        Transport::Other
+                    },
+                    ret: e.ret,
+                })
+            }
+            kind::PAYLOAD => {
+                let e: PayloadEvent = read(b)?;
+                let len = (e.len as usize).min(e.data.len());
+                Event::Payload(Payload {
+                    meta: meta(&e.hdr),
+                    fd: e.fd,
+                    syscall: e.syscall,
+                    offset: e.offset,
+                    total: e.total,
+                    data: e.data[..len].to_vec(),
+                })
+            }
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a plain-data struct as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn hdr(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            tgid: 42,
+            tid: 43,
+            _pad: 0,
+            ktime_ns: 7,
+            cgroup_id: 9,
+        }
+    }
+
+    #[test]
+    fn decodes_connect_v4_and_mapped_v6() {
+        let mut e = ConnectEvent {
+            hdr: hdr(kind::CONNECT),
+            fd: 3,
+            ret: -libc::EINPROGRESS,
+            family: libc::AF_INET as u16,
+            proto: PROTO_TCP,
+            _pad0: 0,
+            dport: 3333,
+            _pad1: 0,
+            daddr: [0; 16],
+        };
+        e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let Event::Connect(c) = Event::try_from(&bytes(&e)[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.peer, "127.0.0.1:3333".parse().unwrap());
+        assert!(c.ok() && c.transport == Transport::Tcp && c.meta.tgid == 42);
+
+        e.family = libc::AF_INET6 as u16;
+        e.daddr = Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets();
+        let Event::Connect(c) = Event::try_from(&bytes(&e)[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.peer, "10.1.2.3:3333".parse().unwrap());
+    }
+
+    #[test]
+    fn decodes_exec_argv() {
+        // SAFETY: all-zero is a valid ExecEvent.
+        let mut e: ExecEvent = unsafe { std::mem::zeroed() };
+        e.hdr = hdr(kind::EXEC);
+        let args = b"xmrig\0-o\0pool:3333\0";
+        e.argv[..args.len()].copy_from_slice(args);
+        e.argv_len = args.len() as u32;
+        e.argc = 3;
+        e.filename[..10].copy_from_slice(b"/tmp/xmrig");
+        let Event::Exec(x) = Event::try_from(&bytes(&e)[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(x.argv, ["xmrig", "-o", "pool:3333"]);
+        assert_eq!(x.filename, "/tmp/xmrig");
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(
+            Event::try_from(&[0u8; 5][..]),
+            Err(DecodeError::Short { .. })
+        ));
+        let mut b = bytes(&hdr(kind::EXEC));
+        assert!(matches!(
+            Event::try_from(&b[..]),
+            Err(DecodeError::Short { .. })
+        ));
+        b[0] = 99;
+        assert_eq!(
+            Event::try_from(&b[..]),
+            Err(DecodeError::UnknownKind { kind: 99 })
+        );
+    }
+}

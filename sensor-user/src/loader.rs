@@ -1,0 +1,308 @@
+//! Loads the embedded eBPF object and attaches its hooks. Owns the one table of hooks: what
+//! each is for, and what detection is lost when it cannot attach. A hook that fails is
+//! reported and the rest run.
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        PerfEvent, RawTracePoint, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use sensor_common::global;
+
+use crate::btf::Btf;
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    RawTracePoint {
+        name: &'static str,
+    },
+    /// cpu-clock perf events, one per online CPU.
+    CpuClock,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub purpose: &'static str,
+    /// What a person loses when this hook is missing.
+    pub lost: &'static str,
+}
+
+const fn tp(category: &'static str, name: &'static str) -> Attach {
+    Attach::TracePoint { category, name }
+}
+
+/// Every hook, in attach order. Connect/state hooks precede the payload hooks so a connection
+/// is never watched before its writes are seen.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "exec_enter",
+        attach: tp("syscalls", "sys_enter_execve"),
+        purpose: "argv of execve",
+        lost: "command-line indicators for processes started by execve",
+    },
+    Hook {
+        program: "exec_enter_at",
+        attach: tp("syscalls", "sys_enter_execveat"),
+        purpose: "argv of execveat (fexecve, fileless execution)",
+        lost: "command lines of processes started with execveat/fexecve",
+    },
+    Hook {
+        program: "exec_done",
+        attach: tp("sched", "sched_process_exec"),
+        purpose: "successful program execution",
+        lost: "all new-process visibility (exe, argv, location, lineage)",
+    },
+    Hook {
+        program: "proc_fork",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_fork",
+        },
+        purpose: "process creation (lineage)",
+        lost: "parent chains of processes forked without exec",
+    },
+    Hook {
+        program: "proc_exit",
+        attach: tp("sched", "sched_process_exit"),
+        purpose: "process exit (clean-up)",
+        lost: "timely forgetting of exited processes (the table is pruned from /proc instead)",
+    },
+    Hook {
+        program: "net_connect",
+        attach: tp("syscalls", "sys_enter_connect"),
+        purpose: "connect() destinations",
+        lost: "all outbound connection visibility, and with it Stratum detection",
+    },
+    Hook {
+        program: "net_tcp_state",
+        attach: tp("sock", "inet_sock_set_state"),
+        purpose: "telling TCP connects from UDP",
+        lost: "Stratum detection on new connections (no socket is watched)",
+    },
+    Hook {
+        program: "net_connect_ret",
+        attach: tp("syscalls", "sys_exit_connect"),
+        purpose: "connect() outcome",
+        lost: "all outbound connection visibility, and with it Stratum detection",
+    },
+    Hook {
+        program: "net_close",
+        attach: tp("syscalls", "sys_enter_close"),
+        purpose: "forgetting closed sockets",
+        lost: "nothing visible: a reused descriptor may be captured by mistake",
+    },
+    Hook {
+        program: "net_write",
+        attach: tp("syscalls", "sys_enter_write"),
+        purpose: "first bytes sent with write()",
+        lost: "Stratum detection for clients that use write()",
+    },
+    Hook {
+        program: "net_sendto",
+        attach: tp("syscalls", "sys_enter_sendto"),
+        purpose: "first bytes sent with send()/sendto()",
+        lost: "Stratum detection for clients that use send()/sendto()",
+    },
+    Hook {
+        program: "net_sendmsg",
+        attach: tp("syscalls", "sys_enter_sendmsg"),
+        purpose: "first bytes sent with sendmsg()",
+        lost: "Stratum detection for clients that use sendmsg()",
+    },
+    Hook {
+        program: "net_writev",
+        attach: tp("syscalls", "sys_enter_writev"),
+        purpose: "first bytes sent with writev()",
+        lost: "Stratum detection for clients that use writev() (XMRig/libuv does)",
+    },
+    Hook {
+        program: "cpu_sample",
+        attach: Attach::CpuClock,
+        purpose: "on-CPU sampling (cpu-clock) for saturation",
+        lost: "CPU saturation evidence",
+    },
+];
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub attach_point: String,
+    pub attached: bool,
+    pub error: Option<String>,
+    pub lost: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("must run as root (eBPF programs need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    NotRoot,
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("the kernel refused the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("no hook could attach; first error: {0}")]
+    NothingAttached(String),
+}
+
+/// Offsets the programs need, from the kernel's BTF. Zero means unknown: the hooks that need
+/// them fall back (no parent pid in exec events, no fork events).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Offsets {
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+}
+
+pub fn btf_offsets() -> Result<Offsets, crate::btf::BtfError> {
+    let btf = Btf::from_sys_fs()?;
+    Ok(Offsets {
+        task_tgid: btf.member_offset("task_struct", "tgid")?,
+        task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+    })
+}
+
+/// The eBPF object, built by build.rs for exactly this ABI.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/minerwatch"));
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes sure tracefs is reachable; some systems (this VM among them) do not mount it.
+pub fn ensure_tracefs() -> Result<(), LoadError> {
+    for p in [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ] {
+        if Path::new(p).is_dir() {
+            return Ok(());
+        }
+    }
+    let ret = unsafe {
+        // SAFETY: static NUL-terminated strings.
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub offsets: Option<Offsets>,
+    pub offsets_error: Option<String>,
+}
+
+/// Loads the object with the sensor's pid and BTF offsets and attaches every hook it can.
+pub fn load(sample_hz: u64) -> Result<Loaded, LoadError> {
+    if !is_root() {
+        return Err(LoadError::NotRoot);
+    }
+    ensure_tracefs()?;
+    let (offsets, offsets_error) = match btf_offsets() {
+        Ok(o) => (Some(o), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let o = offsets.unwrap_or_default();
+    let me = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(global::SENSOR_TGID, &me, true)
+        .override_global(global::TASK_TGID_OFF, &o.task_tgid, true)
+        .override_global(global::TASK_REAL_PARENT_OFF, &o.task_real_parent, true)
+        .load(OBJECT)?;
+    let hooks: Vec<HookStatus> = HOOKS
+        .iter()
+        .map(|h| attach(&mut ebpf, h, sample_hz))
+        .collect();
+    if !hooks.iter().any(|h| h.attached) {
+        let first = hooks
+            .iter()
+            .find_map(|h| h.error.clone())
+            .unwrap_or_default();
+        return Err(LoadError::NothingAttached(first));
+    }
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        offsets,
+        offsets_error,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
+    let attach_point = match hook.attach {
+        Attach::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
+        Attach::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
+        Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
+    };
+    let result = try_attach(ebpf, hook, sample_hz);
+    HookStatus {
+        program: hook.program,
+        attach_point,
+        attached: result.is_ok(),
+        error: result.err(),
+        lost: hook.lost,
+    }
+}
+
+/// Error text with its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
+    match hook.attach {
+        Attach::TracePoint { category, name } => {
+            let p: &mut TracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(category, name).map_err(|e| chain(&e))?;
+        }
+        Attach::RawTracePoint { name } => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(name).map_err(|e| chain(&e))?;
+        }
+        Attach::CpuClock => {
+            let p: &mut PerfEvent = prog.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            let cpus = online_cpus().map_err(|(_, e)| e.to_string())?;
+            for cpu in cpus {
+                p.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(sample_hz),
+                    false,
+                )
+                .map_err(|e| format!("cpu {cpu}: {}", chain(&e)))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The `minerwatch` command: parses flags and hands over to the library.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use minerwatch::config::{Config, DEFAULT_CONFIG_PATH, FileConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "minerwatch",
+    version,
+    about = "Finds cryptocurrency miners on Linux nodes with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the sensor in the foreground; alerts are printed as they are raised.
+    Run(RunArgs),
+    /// Check kernel, BTF, privileges and which hooks can attach, then exit.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file [default: /etc/minerwatch/minerwatch.toml when it exists].
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Write one JSON object per line to PATH (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    jsonl: Option<String>,
+    /// How long CPU saturation must last to count [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    saturation_window: Option<u64>,
+    /// Share of one core that counts as saturated, 1.0 = a whole core [default: 0.9].
+    #[arg(long, value_name = "SHARE")]
+    saturation_threshold: Option<f64>,
+    /// cpu-clock sampling rate per CPU [default: 99].
+    #[arg(long, value_name = "HZ")]
+    cpu_sample_hz: Option<u64>,
+    /// Seconds between `stats` records, 0 for none [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    stats_interval: Option<u64>,
+    /// Leave alerts below this severity out of the outputs [default: info].
+    #[arg(long, value_name = "SEVERITY")]
+    min_severity: Option<String>,
+    /// Node name in records [default: the hostname].
+    #[arg(long)]
+    node: Option<String>,
+    /// Do not print alerts for people (JSON lines only).
+    #[arg(long)]
+    no_terminal: bool,
+}
+
+impl RunArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                FileConfig::load(DEFAULT_CONFIG_PATH.as_ref())?
+            }
+            None => FileConfig::default(),
+        };
+        let flags = FileConfig {
+            jsonl: self.jsonl.clone(),
+            saturation_window: self.saturation_window,
+            saturation_threshold: self.saturation_threshold,
+            cpu_sample_hz: self.cpu_sample_hz,
+            stats_interval: self.stats_interval,
+            miner_ports: None,
+            terminal: self.no_terminal.then_some(false),
+            min_severity: self.min_severity.clone(),
+            node: self.node.clone(),
+        };
+        Ok(Config::from_file_config(file.merge(flags))?)
+    }
+}
+
+/// Completes on SIGINT or SIGTERM with the signal's name.
+async fn shutdown() -> String {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        unreachable!()
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT".into(),
+        _ = term.recv() => "SIGTERM".into(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.config().context("cannot start")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start: tokio runtime")?;
+    rt.block_on(minerwatch::run(cfg, shutdown()))
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MINERWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("minerwatch: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Check { json } => {
+            let report = minerwatch::check::run(99);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", minerwatch::check::render(&report));
+            }
+            if report.ready() {
+                ExitCode::SUCCESS
+            } else if report.runnable() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The running sensor: drains the ring buffer, keeps the process table and per-connection
+//! byte streams, samples CPU, feeds findings to the detection engine and writes its alerts.
+//! All state is owned by one task; nothing here is shared or locked.
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use hashbrown::HashMap;
+use sensor_common::{WATCH_BYTES, WATCH_SENDS, WatchState, map, stat, watch_key};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    config::Config,
+    detect::{
+        Engine, Finding, indicators,
+        saturation::{Policy, Tracker},
+    },
+    events::{Connect, Event, Exec, Payload, Transport},
+    loader,
+    output::{AlertRecord, Outputs, ParentInfo, ReadyRecord, StatsRecord, StopRecord, rfc3339},
+    proctable::{self, ProcTable, Process, Users},
+    stratum::{self, Verdict},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error("map {name} missing or of the wrong type: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Bytes a client sent on one connection, until the classifier decides.
+#[derive(Debug, Default)]
+struct Stream {
+    peer: Option<SocketAddr>,
+    buf: Vec<u8>,
+    sends: u32,
+    decided: bool,
+}
+
+/// What the sensor counts about itself.
+#[derive(Debug, Default)]
+struct Counters {
+    events: u64,
+    decode_errors: u64,
+    payload_gaps: u64,
+    alerts: u64,
+}
+
+struct State {
+    cfg: Config,
+    procs: ProcTable,
+    users: Users,
+    engine: Engine,
+    /// tgid -> fd -> stream.
+    streams: HashMap<u32, HashMap<i32, Stream>>,
+    cpu_prev: HashMap<u32, u64>,
+    cpu_trackers: HashMap<u32, Tracker>,
+    counters: Counters,
+    out: Outputs,
+    /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
+    wall_offset_ns: i128,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unix_ns(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+impl State {
+    fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = (ktime_ns as i128 + self.wall_offset_ns).max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+    }
+
+    fn handle(&mut self, ev: Event) -> std::io::Result<()> {
+        tracing::trace!(event = ?ev, "event");
+        match ev {
+            Event::Exec(e) => self.on_exec(e),
+            Event::Fork(f) => {
+                self.procs.fork(f.meta.tgid, f.child, &f.comm);
+                Ok(())
+            }
+            Event::Exit(m) => {
+                self.procs.remove(m.tgid);
+                self.streams.remove(&m.tgid);
+                self.cpu_prev.remove(&m.tgid);
+                self.cpu_trackers.remove(&m.tgid);
+                self.engine.forget(m.tgid);
+                Ok(())
+            }
+            Event::Connect(c) => self.on_connect(c),
+            Event::Payload(p) => self.on_payload(p),
+        }
+    }
+
+    fn on_exec(&mut self, e: Exec) -> std::io::Result<()> {
+        let pid = e.meta.tgid;
+        let dir = Path::new("/proc").join(pid.to_string());
+        // /proc/<pid>/exe shows what the file name cannot: memfd and deleted executables.
+        let exe = std::fs::read_link(dir.join("exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| e.filename.clone());
+        let prev = self.procs.get(pid);
+        let ppid = match (e.ppid, prev) {
+            (0, Some(p)) => p.ppid,
+            (p, _) => p,
+        };
+        // The cgroup rarely changes at exec: reuse the known path unless the kernel reports
+        // another cgroup id (a fork child inherits its parent's id and path).
+        let cgroup = match prev {
+            Some(p) if !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id => p.cgroup.clone(),
+            _ => std::fs::read_to_string(dir.join("cgroup"))
+                .map(|t| proctable::parse_cgroup_file(&t))
+                .unwrap_or_default(),
+        };
+        let argv = if e.argv.is_empty() && e.argv_missing {
+            std::fs::read(dir.join("cmdline"))
+                .map(|b| proctable::split_nul(&b))
+                .unwrap_or_default()
+        } else {
+            e.argv
+        };
+        let p = Process {
+            pid,
+            ppid,
+            uid: e.uid,
+            comm: e.comm,
+            exe,
+            job: proctable::slurm_job(&cgroup),
+            cgroup,
+            cgroup_id: e.meta.cgroup_id,
+            argv,
+            preexisting: false,
+        };
+        let findings = shape_findings(&p);
+        self.procs.insert(p);
+        for f in findings {
+            self.raise(pid, e.meta.ktime_ns, &f, None)?;
+        }
+        Ok(())
+    }
+
+    fn on_connect(&mut self, c: Connect) -> std::io::Result<()> {
+        if !c.ok() || c.transport != Transport::Tcp {
+            return Ok(());
+        }
+        let s = self.streams.entry(c.meta.tgid).or_default();
+        s.insert(
+            c.fd,
+            Stream {
+                peer: Some(c.peer),
+                ..Default::default()
+            },
+        );
+        if self.cfg.miner_ports.contains(&c.peer.port()) {
+            self.raise(
+                c.meta.tgid,
+                c.meta.ktime_ns,
+                &Finding::MinerPort { peer: c.peer },
+                Some(c.peer),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn on_payload(&mut self, p: Payload) -> std::io::Result<()> {
+        let stream = self
+            .streams
+            .entry(p.meta.tgid)
+            .or_default()
+            .entry(p.fd)
+            .or_default();
+        if stream.decided {
+            return Ok(());
+        }
+        if p.offset as usize != stream.buf.len() {
+            // A payload event was lost (ring buffer full): classify what we have.
+            self.counters.payload_gaps += 1;
+            stream.buf.resize(p.offset as usize, 0);
+        }
+        stream.buf.extend_from_slice(&p.data);
+        stream.sends += 1;
+        // A send longer than its capture means the bytes that follow are mid-message: what we
+        // hold now is all the classifier will get.
+        let truncated = (p.total as usize) > p.data.len();
+        let complete =
+            truncated || stream.buf.len() >= WATCH_BYTES as usize || stream.sends >= WATCH_SENDS;
+        let verdict = stratum::classify(&stream.buf, complete);
+        let peer = stream.peer;
+        match verdict {
+            Verdict::NeedMore => Ok(()),
+            Verdict::NotStratum => {
+                stream.decided = true;
+                stream.buf = Vec::new();
+                Ok(())
+            }
+            Verdict::Stratum(call) => {
+                stream.decided = true;
+                stream.buf = Vec::new();
+                self.raise(
+                    p.meta.tgid,
+                    p.meta.ktime_ns,
+                    &Finding::Stratum { call, peer },
+                    peer,
+                )
+            }
+        }
+    }
+
+    /// CPU shares since the last poll, from the per-CPU sample counts.
+    fn on_cpu_tick(
+        &mut self,
+        samples: &PerCpuHashMap<MapData, u32, u64>,
+        dt: Duration,
+        now_ns: u64,
+    ) -> std::io::Result<()> {
+        let hz = self.cfg.cpu_sample_hz as f64;
+        let mut seen: HashMap<u32, u64> = HashMap::new();
+        for item in samples.iter() {
+            let Ok((tgid, per_cpu)) = item else { continue };
+            seen.insert(tgid, per_cpu.iter().sum());
+        }
+        let policy = Policy {
+            window_ns: self.cfg.saturation_window.as_nanos() as u64,
+            threshold: self.cfg.saturation_threshold,
+        };
+        let dt_ns = dt.as_nanos() as u64;
+        let mut findings = Vec::new();
+        for (&tgid, &total) in &seen {
+            let prev = self.cpu_prev.insert(tgid, total).unwrap_or(0);
+            let share = total.saturating_sub(prev) as f64 / (hz * dt.as_secs_f64());
+            if share > 0.0 || self.cpu_trackers.contains_key(&tgid) {
+                let t = self.cpu_trackers.entry(tgid).or_default();
+                if let Some(s) = t.push(policy, now_ns, dt_ns, share) {
+                    findings.push((tgid, s));
+                }
+            }
+        }
+        // Tracked processes that were not sampled at all this time were idle.
+        self.cpu_trackers.retain(|tgid, t| {
+            if !seen.contains_key(tgid) {
+                t.push(policy, now_ns, dt_ns, 0.0);
+            }
+            !t.idle()
+        });
+        for (tgid, s) in findings {
+            let in_job = self.procs.get(tgid).is_some_and(|p| p.job.is_some());
+            let f = Finding::CpuSaturation {
+                share: s.share,
+                secs: s.secs,
+                in_job,
+            };
+            self.raise(tgid, now_ns, &f, None)?;
+        }
+        Ok(())
+    }
+
+    fn raise(
+        &mut self,
+        pid: u32,
+        ktime_ns: u64,
+        f: &Finding,
+        connection: Option<SocketAddr>,
+    ) -> std::io::Result<()> {
+        let Some(alert) = self.engine.observe(pid, ktime_ns, f) else {
+            return Ok(());
+        };
+        self.counters.alerts += 1;
+        let p = self
+            .procs
+            .get(pid)
+            .cloned()
+            .or_else(|| proctable::read_process(Path::new("/proc"), pid));
+        let parents = self
+            .procs
+            .ancestors(pid, 8)
+            .into_iter()
+            .map(|a| ParentInfo {
+                pid: a.pid,
+                comm: a.comm.clone(),
+                exe: a.exe.clone(),
+            })
+            .collect();
+        let p = p.unwrap_or_else(|| Process::unknown(pid));
+        let rec = AlertRecord {
+            kind: "alert",
+            ts: rfc3339(self.wall(alert.last_seen_ns)),
+            node: self.cfg.node.clone(),
+            id: alert.id,
+            update: alert.update,
+            pid,
+            ppid: p.ppid,
+            severity: alert.severity,
+            score: alert.score,
+            reasons: alert.reasons,
+            user: self.users.name(p.uid).map(str::to_owned),
+            comm: p.comm,
+            exe: p.exe,
+            argv: p.argv,
+            uid: p.uid,
+            cgroup: p.cgroup,
+            job: p.job,
+            connection,
+            parents,
+            first_seen: rfc3339(self.wall(alert.first_seen_ns)),
+            preexisting: p.preexisting,
+        };
+        tracing::debug!(pid, severity = ?rec.severity, "alert");
+        self.out.alert(&rec)
+    }
+}
+
+/// Findings from what a process is: where it runs from, what it is called, its arguments.
+pub fn shape_findings(p: &Process) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(why) = indicators::exe_location(&p.exe) {
+        out.push(Finding::ExeLocation {
+            exe: p.exe.clone(),
+            why,
+        });
+    }
+    if let Some(name) =
+        indicators::imitates_kernel_thread(&p.comm, p.argv.first().map(String::as_str), &p.exe)
+    {
+        out.push(Finding::FakeKernelThread {
+            comm: name,
+            exe: p.exe.clone(),
+        });
+    }
+    let ind = indicators::miner_cmdline(&p.argv);
+    if !ind.is_empty() {
+        out.push(Finding::MinerCmdline { indicators: ind });
+    }
+    out
+}
+
+fn self_usage() -> (f64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<u64> = after.split(' ').filter_map(|x| x.parse().ok()).collect();
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the comm.
+    // SAFETY: no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / tick;
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// Runs the sensor until `shutdown` completes. Returns after writing the final records.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<(), RunError> {
+    let started = Instant::now();
+    let mut loaded = loader::load(cfg.cpu_sample_hz)?;
+    if let Some(e) = &loaded.offsets_error {
+        tracing::warn!(reason = %e, "no BTF offsets: exec events carry no parent pid and fork events are off");
+    }
+    for h in loaded.hooks.iter().filter(|h| !h.attached) {
+        tracing::warn!(
+            hook = h.program,
+            reason = h.error.as_deref().unwrap_or(""),
+            lost = h.lost,
+            "hook missing"
+        );
+    }
+    let ebpf = &mut loaded.ebpf;
+    let ring = RingBuf::try_from(take(ebpf, map::EVENTS)?).map_err(|source| RunError::Map {
+        name: map::EVENTS,
+        source,
+    })?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(take(ebpf, map::STATS)?).map_err(|source| RunError::Map {
+            name: map::STATS,
+            source,
+        })?;
+    let samples: PerCpuHashMap<MapData, u32, u64> =
+        PerCpuHashMap::try_from(take(ebpf, map::CPU_SAMPLES)?).map_err(|source| RunError::Map {
+            name: map::CPU_SAMPLES,
+            source,
+        })?;
+    let mut watch: BpfHashMap<MapData, u64, WatchState> =
+        BpfHashMap::try_from(take(ebpf, map::WATCH)?).map_err(|source| RunError::Map {
+            name: map::WATCH,
+            source,
+        })?;
+
+    let out = Outputs::open(cfg.jsonl.as_ref(), cfg.terminal, cfg.min_severity)?;
+    // Bootstrap after attaching, so nothing starts unseen between the scan and the hooks.
+    let procs = ProcTable::bootstrap(Path::new("/proc"));
+    let me = std::process::id();
+    let mut streams: HashMap<u32, HashMap<i32, Stream>> = HashMap::new();
+    let mut watched = 0;
+    for c in proctable::open_tcp_connections(Path::new("/proc")) {
+        if c.pid == me {
+            continue;
+        }
+        if watch
+            .insert(watch_key(c.pid, c.fd), WatchState::default(), 0)
+            .is_ok()
+        {
+            watched += 1;
+            streams.entry(c.pid).or_default().insert(
+                c.fd as i32,
+                Stream {
+                    peer: Some(c.peer),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let (hooks_attached, hooks_missing) = ReadyRecord::hooks(&loaded.hooks);
+    let mut st = State {
+        users: Users::load(Path::new("/etc/passwd")),
+        engine: Engine::new(),
+        streams,
+        cpu_prev: HashMap::new(),
+        cpu_trackers: HashMap::new(),
+        counters: Counters::default(),
+        wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
+        out,
+        procs,
+        cfg,
+    };
+    // Pre-existing processes and connections get the same shape and port checks as new ones.
+    let now = monotonic_ns();
+    let known: Vec<Process> = st.procs.iter().cloned().collect();
+    st.out.ready(&ReadyRecord {
+        kind: "ready",
+        ts: rfc3339(SystemTime::now()),
+        node: st.cfg.node.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        sensor_pid: me,
+        hooks_attached,
+        hooks_missing,
+        processes_known: st.procs.len(),
+        connections_watched: watched,
+        saturation_window_s: st.cfg.saturation_window.as_secs(),
+    })?;
+    for p in known.iter().filter(|p| p.pid != me) {
+        for f in shape_findings(p) {
+            st.raise(p.pid, now, &f, None)?;
+        }
+    }
+    let preexisting_conns: Vec<(u32, SocketAddr)> = st
+        .streams
+        .iter()
+        .flat_map(|(&pid, m)| m.values().filter_map(move |s| s.peer.map(|p| (pid, p))))
+        .collect();
+    for (pid, peer) in preexisting_conns {
+        if st.cfg.miner_ports.contains(&peer.port()) {
+            st.raise(pid, now, &Finding::MinerPort { peer }, Some(peer))?;
+        }
+    }
+    st.out.flush()?;
+
+    // SAFETY: the RingBuf owns its map fd, and the AsyncFd owns the RingBuf, so the fd stays
+    // open and the same for the AsyncFd's whole life.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| RunError::Output(std::io::Error::from(e)))?;
+    let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
+    cpu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stats_every = st.cfg.stats_interval;
+    let mut stats_tick = tokio::time::interval(if stats_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        stats_every
+    });
+    stats_tick.tick().await;
+    let mut last_cpu = Instant::now();
+    tokio::pin!(shutdown);
+    let reason = loop {
+        tokio::select! {
+            reason = &mut shutdown => break reason,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    st.counters.events += 1;
+                    match Event::try_from(&item[..]) {
+                        Ok(ev) => {
+                            drop(item);
+                            st.handle(ev)?;
+                        }
+                        Err(e) => {
+                            st.counters.decode_errors += 1;
+                            tracing::debug!(reason = %e, "undecodable event");
+                        }
+                    }
+                }
+                guard.clear_ready();
+                st.out.flush()?;
+            }
+            _ = cpu_tick.tick() => {
+                let dt = last_cpu.elapsed();
+                last_cpu = Instant::now();
+                st.on_cpu_tick(&samples, dt, monotonic_ns())?;
+                st.out.flush()?;
+            }
+            _ = stats_tick.tick(), if !stats_every.is_zero() => {
+                let rec = st.stats_record(&stats, started);
+                st.out.stats(&rec)?;
+                st.out.flush()?;
+            }
+        }
+    };
+    let rec = st.stats_record(&stats, started);
+    st.out.stats(&rec)?;
+    st.out.stop(&StopRecord {
+        kind: "stop",
+        ts: rfc3339(SystemTime::now()),
+        node: st.cfg.node.clone(),
+        reason,
+    })?;
+    Ok(())
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, RunError> {
+    ebpf.take_map(name).ok_or(RunError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })
+}
+
+impl State {
+    fn stats_record(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatsRecord {
+        let mut kernel = BTreeMap::new();
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            let v = stats
+                .get(&(i as u32), 0)
+                .map(|vals| vals.iter().sum())
+                .unwrap_or(0);
+            kernel.insert(*name, v);
+        }
+        let (cpu_seconds, rss_kb, peak_rss_kb) = self_usage();
+        StatsRecord {
+            kind: "stats",
+            ts: rfc3339(SystemTime::now()),
+            node: self.cfg.node.clone(),
+            uptime_s: started.elapsed().as_secs(),
+            events: self.counters.events,
+            decode_errors: self.counters.decode_errors,
+            kernel,
+            payload_gaps: self.counters.payload_gaps,
+            alerts: self.counters.alerts,
+            processes: self.procs.len(),
+            streams: self.streams.values().map(|m| m.len()).sum(),
+            cpu_seconds,
+            rss_kb,
+            peak_rss_kb,
+        }
+    }
+}
