@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub terminal: Option<bool>,
     pub min_severity: Option<String>,
     pub node: Option<String>,
+    pub events: Option<bool>,
 }
 
 impl FileConfig {
@@ -65,6 +66,7 @@ impl FileConfig {
             terminal: over.terminal.or(self.terminal),
             min_severity: over.min_severity.or(self.min_severity),
             node: over.node.or(self.node),
+            events: over.events.or(self.events),
         }
     }
 }
@@ -102,6 +104,8 @@ pub struct Config {
     /// Alerts below this are kept out of the outputs.
     pub min_severity: crate::detect::Severity,
     pub node: String,
+    /// Also write `exec`, `exit` and `connect` records to the JSON-lines output.
+    pub events: bool,
 }
 
 impl Config {
@@ -157,6 +161,7 @@ impl Config {
             terminal: f.terminal.unwrap_or(true),
             min_severity,
             node,
+            events: f.events.unwrap_or(false),
         })
     }
 }

@@ -57,6 +57,9 @@ struct RunArgs {
     /// Do not print alerts for people (JSON lines only).
     #[arg(long)]
     no_terminal: bool,
+    /// Also write every exec, exit and connect as a JSON-lines record (an audit trail).
+    #[arg(long)]
+    events: bool,
 }
 
 impl RunArgs {
@@ -78,6 +81,7 @@ impl RunArgs {
             terminal: self.no_terminal.then_some(false),
             min_severity: self.min_severity.clone(),
             node: self.node.clone(),
+            events: self.events.then_some(true),
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }

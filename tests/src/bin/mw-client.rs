@@ -1,0 +1,129 @@
+//! Drives one behaviour per run for the end-to-end tests, so each has its own pid:
+//! `stratum ADDR write|sendto|sendmsg|writev`, `socks5 PROXY TARGET`, `http ADDR`,
+//! `connect ADDR`, `burn SECONDS`, `hold ADDR`.
+use std::{
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+const LOGIN: &[u8] = include_bytes!("../../fixtures/xmrig-6.16.0-login.bin");
+const KEEPALIVE: &[u8] =
+    b"{\"id\":2,\"jsonrpc\":\"2.0\",\"method\":\"keepalived\",\"params\":{\"id\":\"mw-test\"}}\n";
+
+fn send(s: &TcpStream, how: &str, data: &[u8]) {
+    let fd = s.as_raw_fd();
+    let (a, b) = data.split_at(data.len() / 3);
+    let iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut _,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        },
+    ];
+    // SAFETY: valid fd and buffers that outlive the calls.
+    let n = unsafe {
+        match how {
+            "write" => libc::write(fd, data.as_ptr().cast(), data.len()),
+            "sendto" => libc::sendto(fd, data.as_ptr().cast(), data.len(), 0, std::ptr::null(), 0),
+            "writev" => libc::writev(fd, iov.as_ptr(), 2),
+            "sendmsg" => {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr() as *mut _;
+                msg.msg_iovlen = 2;
+                libc::sendmsg(fd, &msg, 0)
+            }
+            other => panic!("unknown syscall {other}"),
+        }
+    };
+    assert_eq!(
+        n as usize,
+        data.len(),
+        "{how} sent {n} of {} bytes",
+        data.len()
+    );
+}
+
+/// Reads the peer's answer (or gives up after a while) so the process lives long enough to
+/// be looked at, then exits.
+fn linger(mut s: TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| {
+        args.get(i)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("missing argument {i}"))
+    };
+    let addr = |i: usize| arg(i).parse::<SocketAddr>().expect("address");
+    match arg(1) {
+        "stratum" => {
+            let s = TcpStream::connect(addr(2)).expect("connect");
+            send(&s, arg(3), LOGIN);
+            linger(s);
+        }
+        "socks5" => {
+            // A SOCKS5 handshake in front of the login, as a miner behind a proxy sends it.
+            let mut s = TcpStream::connect(addr(2)).expect("connect");
+            let target = addr(3);
+            s.write_all(&[5, 1, 0]).expect("greeting");
+            let mut req = vec![5, 1, 0, 1];
+            let std::net::IpAddr::V4(ip) = target.ip() else {
+                panic!("IPv4 target")
+            };
+            req.extend_from_slice(&ip.octets());
+            req.extend_from_slice(&target.port().to_be_bytes());
+            s.write_all(&req).expect("request");
+            s.write_all(LOGIN).expect("login");
+            linger(s);
+        }
+        "http" => {
+            let mut s = TcpStream::connect(addr(2)).expect("connect");
+            s.write_all(
+                format!(
+                    "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: mw-test\r\n\r\n",
+                    arg(2)
+                )
+                .as_bytes(),
+            )
+            .expect("request");
+            linger(s);
+        }
+        "connect" => {
+            let s = TcpStream::connect(addr(2)).expect("connect");
+            linger(s);
+        }
+        "burn" => {
+            let until = Instant::now() + Duration::from_secs(arg(2).parse().expect("seconds"));
+            let mut x: u64 = 1;
+            while Instant::now() < until {
+                for _ in 0..100_000 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                }
+            }
+            std::hint::black_box(x);
+        }
+        "hold" => {
+            // Connects now; sends a keepalive when told on stdin; exits at EOF.
+            let mut s = TcpStream::connect(addr(2)).expect("connect");
+            println!("connected");
+            std::io::stdout().flush().ok();
+            let mut lines = std::io::stdin().lock().lines();
+            if lines.next().is_some() {
+                s.write_all(KEEPALIVE).expect("keepalive");
+            }
+            for _ in lines {}
+        }
+        other => panic!("unknown command {other}"),
+    }
+}

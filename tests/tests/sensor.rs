@@ -1,0 +1,364 @@
+//! End-to-end: the real sensor binary loads the real eBPF programs into this kernel, real
+//! processes do real things, and we read what the sensor wrote.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use minerwatch_tests::{Proc, Sensor, has_reason, root_or_skip, sensor_bin, severity_rank};
+use serde_json::Value;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
+
+fn client(args: &[&str]) -> Command {
+    let mut c = Command::new(CLIENT);
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+/// A loopback listener that accepts and holds connections, reading what is sent.
+fn listener(port: u16) -> (TcpListener, String) {
+    let l = TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    let addr = l.local_addr().unwrap().to_string();
+    let l2 = l.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for c in l2.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    line.clear();
+                }
+            });
+        }
+    });
+    (l, addr)
+}
+
+#[test]
+fn check_says_every_hook_attaches() {
+    if !root_or_skip("check_says_every_hook_attaches") {
+        return;
+    }
+    let out = Command::new(sensor_bin()).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check failed:\n{text}");
+    assert!(
+        text.contains("14 of 14 attach") && text.contains("verdict     ready"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ready_record_lists_hooks() {
+    if !root_or_skip("ready_record_lists_hooks") {
+        return;
+    }
+    let s = Sensor::start("ready", &[]);
+    let attached = s.ready["hooks_attached"].as_array().unwrap();
+    assert_eq!(attached.len(), 14, "{}", s.ready);
+    assert_eq!(s.ready["hooks_missing"], Value::Array(vec![]));
+    assert!(s.ready["processes_known"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn exec_appears_with_argv_and_parent() {
+    if !root_or_skip("exec_appears_with_argv_and_parent") {
+        return;
+    }
+    let mut s = Sensor::start("exec", &[]);
+    let p = Proc::spawn(
+        Command::new("/bin/sh")
+            .args(["-c", "sleep 0.2", "marker-argv-☃"])
+            .stdin(Stdio::null()),
+    );
+    let pid = p.pid();
+    let exec = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "exec" && r["pid"] == pid
+        })
+        .expect("exec record for /bin/sleep");
+    assert_eq!(
+        exec["argv"],
+        serde_json::json!(["/bin/sh", "-c", "sleep 0.2", "marker-argv-☃"])
+    );
+    assert!(exec["exe"].as_str().unwrap().ends_with("sh"), "{exec}");
+    assert_eq!(
+        exec["ppid"],
+        std::process::id(),
+        "parent is this test process"
+    );
+    p.wait();
+    s.wait_for(Duration::from_secs(10), |r| {
+        r["kind"] == "exit" && r["pid"] == pid
+    })
+    .expect("exit record");
+}
+
+#[test]
+fn connect_to_loopback_is_attributed_to_the_right_pid() {
+    if !root_or_skip("connect_to_loopback_is_attributed_to_the_right_pid") {
+        return;
+    }
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start("connect", &[]);
+    let c = Proc::spawn(&mut client(&["connect", &addr]));
+    let pid = c.pid();
+    let rec = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "connect" && r["peer"] == addr.as_str()
+        })
+        .expect("connect record");
+    assert_eq!(rec["pid"], pid);
+    assert_eq!(
+        (rec["transport"].as_str(), rec["ret"].as_i64()),
+        (Some("tcp"), Some(0))
+    );
+}
+
+fn stratum_login_gets_high_alert(how: &str) {
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start(&format!("stratum-{how}"), &[]);
+    let c = Proc::spawn(&mut client(&["stratum", &addr, how]));
+    let pid = c.pid();
+    let alert = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "alert" && r["pid"] == pid
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no alert for the {how} client (pid {pid}): {:?}",
+                s.records()
+            )
+        });
+    assert!(severity_rank(&alert["severity"]) >= 3, "{alert}");
+    assert!(has_reason(&alert, "stratum_protocol"), "{alert}");
+    let detail = alert["reasons"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("`login`") && detail.contains("XMRig/6.16.0") && detail.contains(&addr),
+        "{detail}"
+    );
+    assert_eq!(alert["connection"], addr.as_str());
+    assert!(
+        alert["exe"].as_str().unwrap().ends_with("mw-client"),
+        "{alert}"
+    );
+}
+
+#[test]
+fn stratum_login_with_write() {
+    if root_or_skip("stratum_login_with_write") {
+        stratum_login_gets_high_alert("write");
+    }
+}
+
+#[test]
+fn stratum_login_with_sendto() {
+    if root_or_skip("stratum_login_with_sendto") {
+        stratum_login_gets_high_alert("sendto");
+    }
+}
+
+#[test]
+fn stratum_login_with_sendmsg() {
+    if root_or_skip("stratum_login_with_sendmsg") {
+        stratum_login_gets_high_alert("sendmsg");
+    }
+}
+
+#[test]
+fn stratum_login_with_writev() {
+    if root_or_skip("stratum_login_with_writev") {
+        stratum_login_gets_high_alert("writev");
+    }
+}
+
+#[test]
+fn stratum_behind_socks5_proxy() {
+    if !root_or_skip("stratum_behind_socks5_proxy") {
+        return;
+    }
+    let (_l, proxy) = listener(0);
+    let mut s = Sensor::start("socks5", &[]);
+    let c = Proc::spawn(&mut client(&["socks5", &proxy, "10.20.30.40:3333"]));
+    let pid = c.pid();
+    let alert = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "alert" && r["pid"] == pid && has_reason(r, "stratum_protocol")
+        })
+        .expect("alert for the proxied miner");
+    let detail = alert["reasons"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("through SOCKS5 to 10.20.30.40:3333"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
+    if !root_or_skip("cpu_burner_gets_saturation_evidence_but_no_high_alert") {
+        return;
+    }
+    let mut s = Sensor::start("burn", &["--saturation-window", "3"]);
+    let b = Proc::spawn(&mut client(&["burn", "7"]));
+    let pid = b.pid();
+    let alert = s
+        .wait_for(Duration::from_secs(12), |r| {
+            r["kind"] == "alert" && r["pid"] == pid
+        })
+        .expect("saturation evidence for the burner");
+    assert!(has_reason(&alert, "cpu_saturation"), "{alert}");
+    let detail = alert["reasons"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("% of a core for") && detail.contains("outside any Slurm job"),
+        "{detail}"
+    );
+    b.wait();
+    for a in s.alerts_for(pid) {
+        assert!(
+            severity_rank(&a["severity"]) < 3,
+            "a CPU burner alone must not be high: {a}"
+        );
+    }
+}
+
+#[test]
+fn http_client_to_port_3333_is_not_high() {
+    if !root_or_skip("http_client_to_port_3333_is_not_high") {
+        return;
+    }
+    let (_l, addr) = listener(3333);
+    let mut s = Sensor::start("http3333", &[]);
+    let c = Proc::spawn(&mut client(&["http", &addr]));
+    let pid = c.pid();
+    let alert = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "alert" && r["pid"] == pid
+        })
+        .expect("weak miner-port evidence is still reported");
+    assert!(has_reason(&alert, "miner_port"), "{alert}");
+    c.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    for a in s.alerts_for(pid) {
+        assert!(
+            !has_reason(&a, "stratum_protocol"),
+            "HTTP is not Stratum: {a}"
+        );
+        assert!(severity_rank(&a["severity"]) < 3, "{a}");
+    }
+}
+
+#[test]
+fn process_and_connection_from_before_the_sensor_are_known() {
+    if !root_or_skip("process_and_connection_from_before_the_sensor_are_known") {
+        return;
+    }
+    let (_l, addr) = listener(0);
+    // Connected before the sensor starts; tells the pool it is alive once we say so.
+    let mut holder = Proc::spawn(
+        client(&["hold", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let pid = holder.pid();
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "connected");
+
+    let mut s = Sensor::start("preexisting", &[]);
+    assert!(
+        s.ready["connections_watched"].as_u64().unwrap() >= 1,
+        "{}",
+        s.ready
+    );
+    let mut stdin = holder.0.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    let alert = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "alert" && r["pid"] == pid
+        })
+        .expect("alert for the pre-existing miner connection");
+    assert!(has_reason(&alert, "stratum_protocol"), "{alert}");
+    assert!(
+        alert["reasons"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`keepalived`"),
+        "{alert}"
+    );
+    // Known from /proc at start: its command line and parent, though no exec was seen.
+    assert_eq!(alert["preexisting"], true);
+    assert_eq!(alert["argv"], serde_json::json!([CLIENT, "hold", addr]));
+    assert_eq!(alert["ppid"], std::process::id());
+    drop(stdin);
+}
+
+#[test]
+fn clean_stop_on_sigterm_and_sigint() {
+    if !root_or_skip("clean_stop_on_sigterm_and_sigint") {
+        return;
+    }
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let s = Sensor::start("stop", &[]);
+        let (status, records) = s.stop_with(sig);
+        assert!(status.success(), "{name}: {status}");
+        let last = records.last().unwrap();
+        assert_eq!(
+            (last["kind"].as_str(), last["reason"].as_str()),
+            (Some("stop"), Some(name))
+        );
+        let stats = records
+            .iter()
+            .rev()
+            .find(|r| r["kind"] == "stats")
+            .expect("final stats");
+        assert!(stats["kernel"]["ringbuf_full_exec"].is_u64(), "{stats}");
+    }
+}
+
+#[test]
+fn cannot_start_gives_one_line_and_nonzero_exit() {
+    let bad = |args: &[&str], expect: &str| {
+        let out = Command::new(sensor_bin())
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert_eq!(err.trim().lines().count(), 1, "one line, got {err:?}");
+        assert!(err.contains(expect), "{args:?}: {err:?}");
+    };
+    bad(
+        &["--saturation-window", "0"],
+        "bad setting `saturation_window`",
+    );
+    bad(
+        &["--config", "/nonexistent/minerwatch.toml"],
+        "cannot read config /nonexistent/minerwatch.toml",
+    );
+    let dir = minerwatch_tests::scratch("badcfg");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "saturation_window = 30\nsaturaton_threshold = 0.5\n").unwrap();
+    bad(
+        &["--config", cfg.to_str().unwrap()],
+        "unknown field `saturaton_threshold`",
+    );
+    // Not root: an unprivileged user is told why, before anything is loaded.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(sensor_bin())
+        .arg("run")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("must run as root"),
+        "{err:?}"
+    );
+}
