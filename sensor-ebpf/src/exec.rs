@@ -16,7 +16,7 @@ use sensor_common::{
 
 use crate::{
     maps::{EVENTS, EXEC_SCRATCH, EXEC_STASH},
-    util::{count, current, header, sys_arg, task_real_parent_off, task_tgid_off},
+    util::{count, current, header, lazy_wakeup, sys_arg, task_real_parent_off, task_tgid_off},
 };
 
 /// `syscalls:sys_enter_execve` (args: filename, argv, envp). Any kernel with syscall
@@ -150,7 +150,7 @@ fn try_exec_done(ctx: &TracePointContext) -> Result<(), u32> {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
     Ok(())
 }
 

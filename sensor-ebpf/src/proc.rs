@@ -9,7 +9,7 @@ use sensor_common::{ExitEvent, ForkEvent, kind, stat};
 
 use crate::{
     maps::{CPU_SAMPLES, EVENTS},
-    util::{count, current, header, task_tgid_off},
+    util::{count, current, header, lazy_wakeup, task_tgid_off},
 };
 
 /// Raw tracepoint `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.

@@ -2,7 +2,26 @@
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use sensor_common::EventHeader;
 
-use crate::maps::STATS;
+use crate::maps::{EVENTS, STATS};
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Unread bytes past which a lifecycle event wakes the reader after all.
+const WAKE_ABOVE: u64 = 1024 * 1024;
+
+/// Submit flags for high-volume, low-urgency events (exec, fork, exit). Waking the reader
+/// costs the submitting task several microseconds, so these do not, unless the ring is
+/// filling up; user space drains on a short timer as well. Connect and payload events keep
+/// the default wake-up: they are rare and alerts depend on them.
+#[inline(always)]
+pub fn lazy_wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKE_ABOVE {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 // Read-only globals, patched by the loader (`EbpfLoader::set_global`) before loading.
 #[unsafe(no_mangle)]

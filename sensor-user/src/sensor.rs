@@ -402,7 +402,8 @@ fn self_usage() -> (f64, u64, u64) {
     };
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
-    let f: Vec<u64> = after.split(' ').filter_map(|x| x.parse().ok()).collect();
+    // Fields from 3 (state) on; parse only what we need, so the indices stay right.
+    let f: Vec<u64> = after.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
     // utime and stime are fields 14 and 15 of stat, 11 and 12 after the comm.
     // SAFETY: no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -519,6 +520,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     // open and the same for the AsyncFd's whole life.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| RunError::Output(std::io::Error::from(e)))?;
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
     cpu_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = st.cfg.stats_interval;
@@ -535,23 +538,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             reason = &mut shutdown => break reason,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    st.counters.events += 1;
-                    match Event::try_from(&item[..]) {
-                        Ok(ev) => {
-                            drop(item);
-                            st.handle(ev)?;
-                        }
-                        Err(e) => {
-                            st.counters.decode_errors += 1;
-                            tracing::debug!(reason = %e, "undecodable event");
-                        }
-                    }
-                }
+                st.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
-                st.out.flush()?;
             }
+            // Exec, fork and exit events do not wake us (see the eBPF `lazy_wakeup`).
+            _ = drain_tick.tick() => st.drain(ring.get_mut())?,
             _ = cpu_tick.tick() => {
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
@@ -583,7 +574,28 @@ fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, RunE
     })
 }
 
+/// How often the ring is drained without a wake-up: the most an exec-only finding waits.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 impl State {
+    /// Decodes and handles everything in the ring buffer now.
+    fn drain(&mut self, rb: &mut RingBuf<aya::maps::MapData>) -> std::io::Result<()> {
+        while let Some(item) = rb.next() {
+            self.counters.events += 1;
+            match Event::try_from(&item[..]) {
+                Ok(ev) => {
+                    drop(item);
+                    self.handle(ev)?;
+                }
+                Err(e) => {
+                    self.counters.decode_errors += 1;
+                    tracing::debug!(reason = %e, "undecodable event");
+                }
+            }
+        }
+        self.out.flush()
+    }
+
     fn stats_record(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatsRecord {
         let mut kernel = BTreeMap::new();
         for (i, name) in stat::NAMES.iter().enumerate() {

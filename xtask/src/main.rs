@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -29,10 +31,32 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and measure the sensor's own cost (needs root).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Set up, build, and run every test (unit and end-to-end; needs root).
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Idle CPU and RSS; CPU, RSS and drops in a paced exec storm; flat-out exec overhead.
+    Sensor {
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+        #[arg(long, default_value_t = 10)]
+        storm_secs: u64,
+        /// Execs per second in the paced storm.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Execs per round of the flat-out storm.
+        #[arg(long, default_value_t = 6000)]
+        flat_out_execs: u64,
     },
 }
 
@@ -211,6 +235,25 @@ fn main() -> ExitCode {
             let err =
                 std::os::unix::process::CommandExt::exec(Command::new(bin).arg("run").args(args));
             Err(err).context("cannot exec target/release/minerwatch")
+        }),
+        Cmd::Bench {
+            what:
+                BenchCmd::Sensor {
+                    idle_secs,
+                    storm_secs,
+                    rate,
+                    flat_out_execs,
+                },
+        } => build().and_then(|()| {
+            bench::sensor(
+                &root(),
+                &bench::Options {
+                    idle_secs,
+                    storm_secs,
+                    rate,
+                    flat_out_execs,
+                },
+            )
         }),
         Cmd::Test { filter } => build().and_then(|()| {
             step("running every test");
