@@ -47,7 +47,7 @@ fn try_proc_fork(ctx: &RawTracePointContext) -> Result<(), u32> {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     EVENTS
-        .output::<ForkEvent>(&ev, 0)
+        .output::<ForkEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_FORK)
 }
 
@@ -76,6 +76,6 @@ fn try_proc_exit() -> Result<(), u32> {
         hdr: header(kind::EXIT, tgid, tid),
     };
     EVENTS
-        .output::<ExitEvent>(&ev, 0)
+        .output::<ExitEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_EXIT)
 }

@@ -87,30 +87,28 @@ impl RunArgs {
     }
 }
 
-/// Completes on SIGINT or SIGTERM with the signal's name.
-async fn shutdown() -> String {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT".into(),
-        _ = term.recv() => "SIGTERM".into(),
-    }
-}
-
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let cfg = args.config().context("cannot start")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start: tokio runtime")?;
-    rt.block_on(minerwatch::run(cfg, shutdown()))
-        .map_err(|e| anyhow::anyhow!(e))
+    rt.block_on(async {
+        // Registered before anything else, so a signal that arrives during start-up or right
+        // after `ready` still stops the sensor cleanly instead of killing it.
+        let mut int = signal(SignalKind::interrupt()).context("cannot start: SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot start: SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT".to_string(),
+                _ = term.recv() => "SIGTERM".to_string(),
+            }
+        };
+        minerwatch::run(cfg, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+    })
 }
 
 fn main() -> ExitCode {

@@ -285,6 +285,21 @@ fn open_append(p: &Path) -> io::Result<std::fs::File> {
         })
 }
 
+/// Makes text from a process safe for a terminal: control characters (escape sequences,
+/// newlines, carriage returns) a hostile process put in its name or arguments are shown as
+/// `\xNN` instead of acting on the admin's terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out += &format!("\\x{:02x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A person's view of an alert: who, what, why, evidence.
 pub fn format_alert(a: &AlertRecord) -> String {
     let sev = a.severity.as_str().to_uppercase();
@@ -298,15 +313,23 @@ pub fn format_alert(a: &AlertRecord) -> String {
         .job
         .map_or("no Slurm job".to_string(), |j| format!("Slurm job {j}"));
     let mut s = format!(
-        "{} {what} [{sev}] pid {} ({}) user {user}, {job} on {}\n",
-        a.ts, a.pid, a.comm, a.node
+        "{} {what} [{sev}] pid {} ({}) user {}, {job} on {}\n",
+        a.ts,
+        a.pid,
+        printable(&a.comm),
+        printable(&user),
+        printable(&a.node)
     );
     s += &format!(
         "    exe   {}\n",
-        if a.exe.is_empty() { "?" } else { &a.exe }
+        if a.exe.is_empty() {
+            "?".to_string()
+        } else {
+            printable(&a.exe)
+        }
     );
     if !a.argv.is_empty() {
-        let mut argv = a.argv.join(" ");
+        let mut argv = printable(&a.argv.join(" "));
         if argv.len() > 200 {
             argv.truncate(argv.floor_char_boundary(200));
             argv += "…";
@@ -317,15 +340,76 @@ pub fn format_alert(a: &AlertRecord) -> String {
         let chain: Vec<String> = a
             .parents
             .iter()
-            .map(|p| format!("{}({})", p.comm, p.pid))
+            .map(|p| format!("{}({})", printable(&p.comm), p.pid))
             .collect();
         s += &format!("    from  {}\n", chain.join(" <- "));
     }
     if !a.cgroup.is_empty() {
-        s += &format!("    cgroup {}\n", a.cgroup);
+        s += &format!("    cgroup {}\n", printable(&a.cgroup));
     }
     for r in &a.reasons {
-        s += &format!("    why   {}: {}\n", r.code, r.detail);
+        s += &format!("    why   {}: {}\n", r.code, printable(&r.detail));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert() -> AlertRecord {
+        AlertRecord {
+            kind: "alert",
+            ts: "2026-11-24T14:15:50.095Z".into(),
+            node: "n1".into(),
+            id: "7-1".into(),
+            update: 0,
+            pid: 7,
+            ppid: 1,
+            severity: Severity::High,
+            score: 60,
+            reasons: vec![Reason {
+                code: "stratum_protocol",
+                detail: "Stratum `login`".into(),
+                weight: 60,
+            }],
+            comm: "x\u{1b}]0;pwned\u{7}".into(),
+            exe: "/tmp/a".into(),
+            argv: vec!["a".into(), "b\nALERT [LOW] fake line".into()],
+            uid: 1000,
+            user: Some("alice".into()),
+            cgroup: "/slurm/job_4".into(),
+            job: Some(4),
+            connection: None,
+            parents: vec![ParentInfo {
+                pid: 1,
+                comm: "init".into(),
+                exe: "/sbin/init".into(),
+            }],
+            first_seen: "2026-11-24T14:15:50.095Z".into(),
+            preexisting: false,
+        }
+    }
+
+    #[test]
+    fn terminal_text_is_readable_and_safe() {
+        let t = format_alert(&alert());
+        assert!(t.starts_with("2026-11-24T14:15:50.095Z ALERT [HIGH] pid 7 (x\\x1b]0;pwned\\x07) user alice, Slurm job 4 on n1\n"), "{t}");
+        assert!(t.contains("argv  a b\\x0aALERT [LOW] fake line\n"), "{t}");
+        assert!(t.contains("why   stratum_protocol: Stratum `login`"), "{t}");
+        assert!(!t.contains('\u{1b}') && t.lines().count() == 6, "{t}");
+    }
+
+    #[test]
+    fn alert_json_has_the_contract_fields() {
+        let v = serde_json::to_value(alert()).unwrap();
+        assert_eq!(v["kind"], "alert");
+        assert_eq!(v["severity"], "high");
+        assert_eq!(v["pid"], 7);
+        assert_eq!(
+            v["reasons"][0],
+            serde_json::json!({"code": "stratum_protocol", "detail": "Stratum `login`"})
+        );
+        assert_eq!(v["job"], 4);
+    }
 }

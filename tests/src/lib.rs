@@ -160,6 +160,14 @@ impl Sensor {
         }
     }
 
+    /// Waits for an alert about `pid` that carries reason `code` (a process may have earlier
+    /// alerts for other reasons, such as running from /tmp).
+    pub fn wait_alert(&mut self, pid: u32, code: &str, timeout: Duration) -> Option<Value> {
+        self.wait_for(timeout, |r| {
+            r["kind"] == "alert" && r["pid"] == pid && has_reason(r, code)
+        })
+    }
+
     /// Alerts about `pid`.
     pub fn alerts_for(&self, pid: u32) -> Vec<Value> {
         self.records()

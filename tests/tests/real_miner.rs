@@ -49,7 +49,10 @@ fn real_xmrig_gets_a_high_alert_within_10s() {
     let pid = miner.pid();
     let alert = s
         .wait_for(Duration::from_secs(10), |r| {
-            r["kind"] == "alert" && r["pid"] == pid && severity_rank(&r["severity"]) >= 3
+            r["kind"] == "alert"
+                && r["pid"] == pid
+                && severity_rank(&r["severity"]) >= 3
+                && has_reason(r, "stratum_protocol")
         })
         .unwrap_or_else(|| {
             panic!(
