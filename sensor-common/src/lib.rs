@@ -17,6 +17,10 @@ pub mod map {
     pub const WATCH: &str = "WATCH";
     /// cpu-clock samples per thread group id.
     pub const CPU_SAMPLES: &str = "CPU_SAMPLES";
+    /// Hardware cycle-counter overflows per thread group id (nodes with a PMU).
+    pub const HW_CYCLES: &str = "HW_CYCLES";
+    /// Hardware instruction-counter overflows per thread group id (nodes with a PMU).
+    pub const HW_INSNS: &str = "HW_INSNS";
 }
 
 /// Names of the read-only globals the loader sets before loading.
@@ -94,6 +98,10 @@ pub const PAYLOAD_BUF: usize = 2 * PAYLOAD_CAP;
 pub const WATCH_BYTES: u32 = 2048;
 /// ...or this many sends were seen, whichever comes first.
 pub const WATCH_SENDS: u32 = 8;
+
+/// Events between two hardware-counter samples: cycles and instructions are sampled with
+/// this period, so samples x period estimates each process's count.
+pub const HW_SAMPLE_PERIOD: u64 = 10_000_000;
 
 /// `ExecEvent::flags`: argv was longer than [`ARGV_CAP`] or [`ARGV_MAX_ARGS`].
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;

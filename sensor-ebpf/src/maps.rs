@@ -22,6 +22,12 @@ pub static WATCH: HashMap<u64, WatchState> = HashMap::with_max_entries(16384, 0)
 #[map]
 pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
 
+/// Hardware counter samples per tgid, per CPU (see `sensor_common::HW_SAMPLE_PERIOD`).
+#[map]
+pub static HW_CYCLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+#[map]
+pub static HW_INSNS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+
 /// argv captured at execve entry, by thread id, until `sched_process_exec` (or eviction
 /// when the exec failed).
 #[map]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sensor_common::{ExitEvent, ForkEvent, kind, stat};
 
 use crate::{
-    maps::{CPU_SAMPLES, EVENTS},
+    maps::{CPU_SAMPLES, EVENTS, HW_CYCLES, HW_INSNS},
     util::{count, current, header, lazy_wakeup, task_tgid_off},
 };
 
@@ -72,6 +72,8 @@ fn try_proc_exit() -> Result<(), u32> {
         return Ok(());
     }
     let _ = CPU_SAMPLES.remove(&tgid);
+    let _ = HW_CYCLES.remove(&tgid);
+    let _ = HW_INSNS.remove(&tgid);
     let ev = ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),
     };

@@ -16,9 +16,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// All hooks attach.
+    /// Every hook that is not optional attaches.
     pub fn ready(&self) -> bool {
-        matches!(&self.hooks, Ok(h) if h.iter().all(|h| h.attached))
+        matches!(&self.hooks, Ok(h) if h.iter().all(|h| h.attached || h.optional))
     }
 
     /// The sensor would start (at least one hook attaches).
@@ -148,15 +148,23 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(s, "hooks       {e}");
         }
         Ok(hooks) => {
-            let ok = hooks.iter().filter(|h| h.attached).count();
-            let _ = writeln!(s, "hooks       {ok} of {} attach", hooks.len());
+            let required: Vec<_> = hooks.iter().filter(|h| !h.optional).collect();
+            let ok = required.iter().filter(|h| h.attached).count();
+            let opt_ok = hooks.iter().filter(|h| h.optional && h.attached).count();
+            let _ = writeln!(
+                s,
+                "hooks       {ok} of {} attach, and {opt_ok} of {} optional",
+                required.len(),
+                hooks.len() - required.len()
+            );
             for h in hooks {
                 if h.attached {
                     let _ = writeln!(s, "  ok       {:<16} {}", h.program, h.attach_point);
                 } else {
                     let _ = writeln!(
                         s,
-                        "  MISSING  {:<16} {}: {}\n           lost: {}",
+                        "  {}  {:<16} {}: {}\n           lost: {}",
+                        if h.optional { "n/a    " } else { "MISSING" },
                         h.program,
                         h.attach_point,
                         h.error.as_deref().unwrap_or("?"),
@@ -167,7 +175,7 @@ pub fn render(r: &Report) -> String {
         }
     }
     let verdict = if r.ready() {
-        "ready: every hook attaches"
+        "ready: every required hook attaches"
     } else if r.runnable() {
         "degraded: the sensor runs, without what the missing hooks give"
     } else {

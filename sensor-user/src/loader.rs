@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         PerfEvent, RawTracePoint, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
@@ -27,6 +27,8 @@ pub enum Attach {
     },
     /// cpu-clock perf events, one per online CPU.
     CpuClock,
+    /// Hardware perf events, one per online CPU, sampled every `HW_SAMPLE_PERIOD`.
+    Hardware(HardwareEvent),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,9 @@ pub struct Hook {
     pub purpose: &'static str,
     /// What a person loses when this hook is missing.
     pub lost: &'static str,
+    /// Missing on many machines by nature (no hardware PMU in most VMs): its absence is
+    /// reported but does not make the sensor degraded.
+    pub optional: bool,
 }
 
 const fn tp(category: &'static str, name: &'static str) -> Attach {
@@ -50,18 +55,21 @@ pub const HOOKS: &[Hook] = &[
         attach: tp("syscalls", "sys_enter_execve"),
         purpose: "argv of execve",
         lost: "command-line indicators for processes started by execve",
+        optional: false,
     },
     Hook {
         program: "exec_enter_at",
         attach: tp("syscalls", "sys_enter_execveat"),
         purpose: "argv of execveat (fexecve, fileless execution)",
         lost: "command lines of processes started with execveat/fexecve",
+        optional: false,
     },
     Hook {
         program: "exec_done",
         attach: tp("sched", "sched_process_exec"),
         purpose: "successful program execution",
         lost: "all new-process visibility (exe, argv, location, lineage)",
+        optional: false,
     },
     Hook {
         program: "proc_fork",
@@ -70,66 +78,91 @@ pub const HOOKS: &[Hook] = &[
         },
         purpose: "process creation (lineage)",
         lost: "parent chains of processes forked without exec",
+        optional: false,
     },
     Hook {
         program: "proc_exit",
         attach: tp("sched", "sched_process_exit"),
         purpose: "process exit (clean-up)",
         lost: "timely forgetting of exited processes (the table is pruned from /proc instead)",
+        optional: false,
     },
     Hook {
         program: "net_connect",
         attach: tp("syscalls", "sys_enter_connect"),
         purpose: "connect() destinations",
         lost: "all outbound connection visibility, and with it Stratum detection",
+        optional: false,
     },
     Hook {
         program: "net_tcp_state",
         attach: tp("sock", "inet_sock_set_state"),
         purpose: "telling TCP connects from UDP",
         lost: "Stratum detection on new connections (no socket is watched)",
+        optional: false,
     },
     Hook {
         program: "net_connect_ret",
         attach: tp("syscalls", "sys_exit_connect"),
         purpose: "connect() outcome",
         lost: "all outbound connection visibility, and with it Stratum detection",
+        optional: false,
     },
     Hook {
         program: "net_close",
         attach: tp("syscalls", "sys_enter_close"),
         purpose: "forgetting closed sockets",
         lost: "nothing visible: a reused descriptor may be captured by mistake",
+        optional: false,
     },
     Hook {
         program: "net_write",
         attach: tp("syscalls", "sys_enter_write"),
         purpose: "first bytes sent with write()",
         lost: "Stratum detection for clients that use write()",
+        optional: false,
     },
     Hook {
         program: "net_sendto",
         attach: tp("syscalls", "sys_enter_sendto"),
         purpose: "first bytes sent with send()/sendto()",
         lost: "Stratum detection for clients that use send()/sendto()",
+        optional: false,
     },
     Hook {
         program: "net_sendmsg",
         attach: tp("syscalls", "sys_enter_sendmsg"),
         purpose: "first bytes sent with sendmsg()",
         lost: "Stratum detection for clients that use sendmsg()",
+        optional: false,
     },
     Hook {
         program: "net_writev",
         attach: tp("syscalls", "sys_enter_writev"),
         purpose: "first bytes sent with writev()",
         lost: "Stratum detection for clients that use writev() (XMRig/libuv does)",
+        optional: false,
     },
     Hook {
         program: "cpu_sample",
         attach: Attach::CpuClock,
         purpose: "on-CPU sampling (cpu-clock) for saturation",
         lost: "CPU saturation evidence",
+        optional: false,
+    },
+    Hook {
+        program: "cpu_hw_cycles",
+        attach: Attach::Hardware(HardwareEvent::CpuCycles),
+        purpose: "hardware cycle samples (IPC)",
+        lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
+        optional: true,
+    },
+    Hook {
+        program: "cpu_hw_insns",
+        attach: Attach::Hardware(HardwareEvent::Instructions),
+        purpose: "hardware instruction samples (IPC)",
+        lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
+        optional: true,
     },
 ];
 
@@ -140,6 +173,7 @@ pub struct HookStatus {
     pub attached: bool,
     pub error: Option<String>,
     pub lost: &'static str,
+    pub optional: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +286,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
         Attach::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
         Attach::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
         Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
+        Attach::Hardware(e) => format!("perf_event/hardware/{e:?}"),
     };
     let result = try_attach(ebpf, hook, sample_hz);
     HookStatus {
@@ -260,6 +295,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
         attached: result.is_ok(),
         error: result.err(),
         lost: hook.lost,
+        optional: hook.optional,
     }
 }
 
@@ -289,15 +325,26 @@ fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String
             p.load().map_err(|e| chain(&e))?;
             p.attach(name).map_err(|e| chain(&e))?;
         }
-        Attach::CpuClock => {
+        Attach::CpuClock | Attach::Hardware(_) => {
+            let (config, policy) = match hook.attach {
+                Attach::Hardware(e) => (
+                    PerfEventConfig::Hardware(e),
+                    SamplePolicy::Period(sensor_common::HW_SAMPLE_PERIOD),
+                ),
+                // A fixed period in nanoseconds: every sample stands for the same CPU time.
+                _ => (
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    SamplePolicy::Period(1_000_000_000 / sample_hz.max(1)),
+                ),
+            };
             let p: &mut PerfEvent = prog.try_into().map_err(|e| chain(&e))?;
             p.load().map_err(|e| chain(&e))?;
             let cpus = online_cpus().map_err(|(_, e)| e.to_string())?;
             for cpu in cpus {
                 p.attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    config,
                     PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(sample_hz),
+                    policy,
                     false,
                 )
                 .map_err(|e| format!("cpu {cpu}: {}", chain(&e)))?;

@@ -64,6 +64,8 @@ impl AlertRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct MissingHook {
     pub hook: &'static str,
+    /// Missing by nature on many machines (hardware counters in VMs).
+    pub optional: bool,
     pub attach_point: String,
     pub error: String,
     pub lost: &'static str,
@@ -96,6 +98,7 @@ impl ReadyRecord {
             .filter(|h| !h.attached)
             .map(|h| MissingHook {
                 hook: h.program,
+                optional: h.optional,
                 attach_point: h.attach_point.clone(),
                 error: h.error.clone().unwrap_or_default(),
                 lost: h.lost,
@@ -227,10 +230,15 @@ impl Outputs {
                 r.connections_watched
             )?;
             for m in &r.hooks_missing {
+                let what = if m.optional {
+                    "not available (optional)"
+                } else {
+                    "MISSING"
+                };
                 writeln!(
                     t,
-                    "  missing hook {} ({}): {}\n    lost: {}",
-                    m.hook, m.attach_point, m.error, m.lost
+                    "  hook {} {what}: {} ({})\n    lost: {}",
+                    m.hook, m.error, m.attach_point, m.lost
                 )?;
             }
         }

@@ -70,6 +70,9 @@ struct State {
     streams: HashMap<u32, HashMap<i32, Stream>>,
     cpu_prev: HashMap<u32, u64>,
     cpu_trackers: HashMap<u32, Tracker>,
+    /// Hardware sample totals per tgid last time (cycles, instructions) and the IPC since.
+    hw_prev: HashMap<u32, (u64, u64)>,
+    ipc: HashMap<u32, f64>,
     counters: Counters,
     out: Outputs,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
@@ -117,6 +120,8 @@ impl State {
                 self.streams.remove(&m.tgid);
                 self.cpu_prev.remove(&m.tgid);
                 self.cpu_trackers.remove(&m.tgid);
+                self.hw_prev.remove(&m.tgid);
+                self.ipc.remove(&m.tgid);
                 self.engine.forget(m.tgid);
                 Ok(())
             }
@@ -265,17 +270,20 @@ impl State {
     }
 
     /// CPU shares since the last poll, from the per-CPU sample counts.
-    fn on_cpu_tick(
-        &mut self,
-        samples: &PerCpuHashMap<MapData, u32, u64>,
-        dt: Duration,
-        now_ns: u64,
-    ) -> std::io::Result<()> {
+    fn on_cpu_tick(&mut self, maps: &CpuMaps, dt: Duration, now_ns: u64) -> std::io::Result<()> {
         let hz = self.cfg.cpu_sample_hz as f64;
-        let mut seen: HashMap<u32, u64> = HashMap::new();
-        for item in samples.iter() {
-            let Ok((tgid, per_cpu)) = item else { continue };
-            seen.insert(tgid, per_cpu.iter().sum());
+        let seen = sum_per_cpu(&maps.samples);
+        if let (Some(cyc), Some(ins)) = (&maps.hw_cycles, &maps.hw_insns) {
+            let (cyc, ins) = (sum_per_cpu(cyc), sum_per_cpu(ins));
+            for (&tgid, &c) in &cyc {
+                let i = ins.get(&tgid).copied().unwrap_or(0);
+                let (pc, pi) = self.hw_prev.insert(tgid, (c, i)).unwrap_or((0, 0));
+                // Both counters sample with one period, so the ratio of counts is the IPC.
+                if c > pc {
+                    self.ipc
+                        .insert(tgid, i.saturating_sub(pi) as f64 / (c - pc) as f64);
+                }
+            }
         }
         let policy = Policy {
             window_ns: self.cfg.saturation_window.as_nanos() as u64,
@@ -306,6 +314,7 @@ impl State {
                 share: s.share,
                 secs: s.secs,
                 in_job,
+                ipc: self.ipc.get(&tgid).copied(),
             };
             self.raise(tgid, now_ns, &f, None)?;
         }
@@ -391,6 +400,22 @@ pub fn shape_findings(p: &Process) -> Vec<Finding> {
     out
 }
 
+/// The per-CPU sample maps, read once a second. The hardware maps are read only when their
+/// hooks attached.
+struct CpuMaps {
+    samples: PerCpuHashMap<MapData, u32, u64>,
+    hw_cycles: Option<PerCpuHashMap<MapData, u32, u64>>,
+    hw_insns: Option<PerCpuHashMap<MapData, u32, u64>>,
+}
+
+/// tgid -> samples summed over CPUs.
+fn sum_per_cpu(map: &PerCpuHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(tgid, per_cpu)| (tgid, per_cpu.iter().sum()))
+        .collect()
+}
+
 fn self_usage() -> (f64, u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = |key: &str| {
@@ -426,26 +451,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             "hook missing"
         );
     }
+    let hw_attached = loaded
+        .hooks
+        .iter()
+        .filter(|h| h.program.starts_with("cpu_hw_") && h.attached)
+        .count()
+        == 2;
     let ebpf = &mut loaded.ebpf;
-    let ring = RingBuf::try_from(take(ebpf, map::EVENTS)?).map_err(|source| RunError::Map {
-        name: map::EVENTS,
-        source,
-    })?;
-    let stats: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(take(ebpf, map::STATS)?).map_err(|source| RunError::Map {
-            name: map::STATS,
-            source,
-        })?;
-    let samples: PerCpuHashMap<MapData, u32, u64> =
-        PerCpuHashMap::try_from(take(ebpf, map::CPU_SAMPLES)?).map_err(|source| RunError::Map {
-            name: map::CPU_SAMPLES,
-            source,
-        })?;
-    let mut watch: BpfHashMap<MapData, u64, WatchState> =
-        BpfHashMap::try_from(take(ebpf, map::WATCH)?).map_err(|source| RunError::Map {
-            name: map::WATCH,
-            source,
-        })?;
+    let ring: RingBuf<MapData> = bpf_map(ebpf, map::EVENTS)?;
+    let stats: PerCpuArray<MapData, u64> = bpf_map(ebpf, map::STATS)?;
+    let mut watch: BpfHashMap<MapData, u64, WatchState> = bpf_map(ebpf, map::WATCH)?;
+    let cpu_maps = CpuMaps {
+        samples: bpf_map(ebpf, map::CPU_SAMPLES)?,
+        hw_cycles: if hw_attached {
+            Some(bpf_map(ebpf, map::HW_CYCLES)?)
+        } else {
+            None
+        },
+        hw_insns: if hw_attached {
+            Some(bpf_map(ebpf, map::HW_INSNS)?)
+        } else {
+            None
+        },
+    };
 
     let out = Outputs::open(cfg.jsonl.as_ref(), cfg.terminal, cfg.min_severity)?;
     // Bootstrap after attaching, so nothing starts unseen between the scan and the hooks.
@@ -478,6 +506,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         streams,
         cpu_prev: HashMap::new(),
         cpu_trackers: HashMap::new(),
+        hw_prev: HashMap::new(),
+        ipc: HashMap::new(),
         counters: Counters::default(),
         wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
         out,
@@ -546,7 +576,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             _ = cpu_tick.tick() => {
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
-                st.on_cpu_tick(&samples, dt, monotonic_ns())?;
+                st.on_cpu_tick(&cpu_maps, dt, monotonic_ns())?;
                 st.out.flush()?;
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
@@ -567,11 +597,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     Ok(())
 }
 
-fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, RunError> {
-    ebpf.take_map(name).ok_or(RunError::Map {
+/// Takes map `name` out of the object as a typed map.
+fn bpf_map<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, RunError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf.take_map(name).ok_or(RunError::Map {
         name,
         source: aya::maps::MapError::InvalidName { name: name.into() },
-    })
+    })?;
+    T::try_from(m).map_err(|source| RunError::Map { name, source })
 }
 
 /// How often the ring is drained without a wake-up: the most an exec-only finding waits.

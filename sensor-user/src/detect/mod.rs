@@ -87,10 +87,12 @@ pub enum Finding {
         exe: String,
         why: &'static str,
     },
+    /// `ipc`: instructions per cycle over the last interval, where hardware counters exist.
     CpuSaturation {
         share: f64,
         secs: u64,
         in_job: bool,
+        ipc: Option<f64>,
     },
     MinerPort {
         peer: SocketAddr,
@@ -150,18 +152,20 @@ impl Finding {
                 share,
                 secs,
                 in_job,
+                ipc,
             } => (
                 code::CPU_SATURATION,
                 if *in_job { 5 } else { 15 },
                 format!(
-                    "{:.0} % of a core for {} {}",
+                    "{:.0} % of a core for {} {}{}",
                     share * 100.0,
                     human_secs(*secs),
                     if *in_job {
                         "inside a Slurm job"
                     } else {
                         "outside any Slurm job"
-                    }
+                    },
+                    ipc.map(|i| format!(" (IPC {i:.2})")).unwrap_or_default()
                 ),
             ),
             Finding::MinerPort { peer } => (
@@ -313,7 +317,26 @@ mod tests {
             share: 0.98,
             secs: 1200,
             in_job,
+            ipc: None,
         }
+    }
+
+    #[test]
+    fn saturation_says_how_much_how_long_where_and_ipc() {
+        let r = Finding::CpuSaturation {
+            share: 0.98,
+            secs: 1200,
+            in_job: false,
+            ipc: Some(2.13),
+        };
+        assert_eq!(
+            r.reason().detail,
+            "98 % of a core for 20 min outside any Slurm job (IPC 2.13)"
+        );
+        assert_eq!(
+            burn(true).reason().detail,
+            "98 % of a core for 20 min inside a Slurm job"
+        );
     }
 
     #[test]
