@@ -349,13 +349,23 @@ fn cannot_start_gives_one_line_and_nonzero_exit() {
         &["--config", cfg.to_str().unwrap()],
         "unknown field `saturaton_threshold`",
     );
-    // Not root: an unprivileged user is told why, before anything is loaded.
+    // Not root: an unprivileged user is told why, before anything is loaded. The binary is
+    // copied where that user can reach it (the checkout may sit under a private home).
+    let public = std::env::temp_dir().join(format!("mw-nonroot-{}", std::process::id()));
+    std::fs::create_dir_all(&public).unwrap();
+    let bin = public.join("minerwatch");
+    std::fs::copy(sensor_bin(), &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(sensor_bin())
+        .arg(&bin)
         .arg("run")
+        .current_dir(&public)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&public);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("must run as root"),
