@@ -45,12 +45,12 @@ fn add_sample(map: &PerCpuHashMap<u32, u64>) {
     if tgid == 0 {
         return; // idle
     }
-    match map.get_ptr_mut(&tgid) {
+    match map.get_ptr_mut(tgid) {
         // SAFETY: this CPU's slot of a per-CPU map value; nothing else writes it meanwhile.
         Some(p) => unsafe { *p += 1 },
         None => {
             // -EEXIST means another CPU inserted it first: that sample is lost, harmlessly.
-            if let Err(e) = map.insert(&tgid, &1, BPF_NOEXIST)
+            if let Err(e) = map.insert(tgid, 1, BPF_NOEXIST)
                 && i64::from(e) != -EEXIST
             {
                 count(stat::MAP_FULL);

@@ -99,7 +99,7 @@ fn stash_argv(argv: *const *const u8) -> Result<(), u32> {
         ev.flags |= EXEC_ARGV_TRUNCATED;
     }
     ev.argv_len = off as u32;
-    EXEC_STASH.insert(&tid, ev, 0).map_err(|_| stat::MAP_FULL)
+    EXEC_STASH.insert(tid, ev, 0).map_err(|_| stat::MAP_FULL)
 }
 
 fn try_exec_done(ctx: &TracePointContext) -> Result<(), u32> {
@@ -129,7 +129,7 @@ fn try_exec_done(ctx: &TracePointContext) -> Result<(), u32> {
             FILENAME_CAP as u32,
             src as *const c_void,
         );
-        match EXEC_STASH.get_ptr(&old_tid) {
+        match EXEC_STASH.get_ptr(old_tid) {
             Some(stash) => {
                 (*ev).argc = (*stash).argc;
                 (*ev).argv_len = (*stash).argv_len;
@@ -140,7 +140,7 @@ fn try_exec_done(ctx: &TracePointContext) -> Result<(), u32> {
                     (*ev).argv.len() as u32,
                     (*stash).argv.as_ptr() as *const c_void,
                 );
-                let _ = EXEC_STASH.remove(&old_tid);
+                let _ = EXEC_STASH.remove(old_tid);
             }
             None => {
                 count(stat::EXEC_ARGV_MISSING);

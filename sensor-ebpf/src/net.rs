@@ -59,7 +59,7 @@ pub fn net_close(ctx: TracePointContext) -> u32 {
     if let Some((tgid, _)) = current()
         && let Ok(fd) = sys_arg::<u64>(&ctx, 0)
     {
-        let _ = WATCH.remove(&watch_key(tgid, fd as u32));
+        let _ = WATCH.remove(watch_key(tgid, fd as u32));
     }
     0
 }
@@ -102,9 +102,7 @@ fn try_net_connect(ctx: &TracePointContext) -> Result<(), u32> {
         }
         _ => return Ok(()), // unix, netlink, ...: not network connections
     }
-    CONNECT_STASH
-        .insert(&tid, &ev, 0)
-        .map_err(|_| stat::MAP_FULL)
+    CONNECT_STASH.insert(tid, ev, 0).map_err(|_| stat::MAP_FULL)
 }
 
 fn try_net_tcp_state(ctx: &TracePointContext) -> Result<(), u32> {
@@ -120,7 +118,7 @@ fn try_net_tcp_state(ctx: &TracePointContext) -> Result<(), u32> {
     let Some((_, tid)) = current() else {
         return Ok(());
     };
-    if let Some(ev) = CONNECT_STASH.get_ptr_mut(&tid) {
+    if let Some(ev) = CONNECT_STASH.get_ptr_mut(tid) {
         // SAFETY: map value owned by this thread's in-flight connect.
         unsafe { (*ev).proto = PROTO_TCP };
     }
@@ -131,18 +129,18 @@ fn try_net_connect_ret(ctx: &TracePointContext) -> Result<(), u32> {
     let Some((tgid, tid)) = current() else {
         return Ok(());
     };
-    let Some(stashed) = CONNECT_STASH.get_ptr(&tid) else {
+    let Some(stashed) = CONNECT_STASH.get_ptr(tid) else {
         return Ok(());
     };
     // SAFETY: map value pointer valid until removed below.
     let mut ev = unsafe { *stashed };
-    let _ = CONNECT_STASH.remove(&tid);
+    let _ = CONNECT_STASH.remove(tid);
     let ret: i64 = sys_arg(ctx, 0)?;
     ev.ret = ret as i32;
     ev.hdr = header(kind::CONNECT, tgid, tid);
     if ev.proto == PROTO_TCP && (ret == 0 || ret == -EINPROGRESS) {
         let key = watch_key(tgid, ev.fd as u32);
-        if WATCH.insert(&key, &WatchState::default(), 0).is_err() {
+        if WATCH.insert(key, WatchState::default(), 0).is_err() {
             count(stat::MAP_FULL);
         }
     }

@@ -75,7 +75,7 @@ fn watched(ctx: &TracePointContext) -> Result<Option<Sock>, u32> {
     };
     let fd: u64 = sys_arg(ctx, 0)?;
     let key = watch_key(tgid, fd as u32);
-    if WATCH.get_ptr(&key).is_none() {
+    if WATCH.get_ptr(key).is_none() {
         return Ok(None);
     }
     Ok(Some(Sock { tgid, tid, key }))
@@ -138,7 +138,7 @@ fn capture(sock: Sock, which: u32, iov: &[Iovec], total: u64) -> Result<(), u32>
     if total == 0 {
         return Ok(());
     }
-    let Some(state) = WATCH.get_ptr_mut(&key) else {
+    let Some(state) = WATCH.get_ptr_mut(key) else {
         return Ok(());
     };
     // SAFETY: map value; one writer per socket in practice, and a race only skews a budget.
@@ -202,7 +202,7 @@ fn capture(sock: Sock, which: u32, iov: &[Iovec], total: u64) -> Result<(), u32>
     state.bytes += off as u32;
     state.sends += 1;
     if state.bytes >= WATCH_BYTES || state.sends >= WATCH_SENDS {
-        let _ = WATCH.remove(&key);
+        let _ = WATCH.remove(key);
     }
     if failed {
         return Err(stat::READ_USER_FAILED);

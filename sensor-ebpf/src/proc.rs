@@ -71,9 +71,9 @@ fn try_proc_exit() -> Result<(), u32> {
     if tgid != tid {
         return Ok(());
     }
-    let _ = CPU_SAMPLES.remove(&tgid);
-    let _ = HW_CYCLES.remove(&tgid);
-    let _ = HW_INSNS.remove(&tgid);
+    let _ = CPU_SAMPLES.remove(tgid);
+    let _ = HW_CYCLES.remove(tgid);
+    let _ = HW_INSNS.remove(tgid);
     let ev = ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),
     };

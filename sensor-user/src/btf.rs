@@ -182,7 +182,7 @@ impl Btf {
             total_bits += bits;
             ty = next;
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield {
                 strukt: strukt.to_string(),
                 member: path.to_string(),

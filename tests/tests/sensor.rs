@@ -1,5 +1,9 @@
 //! End-to-end: the real sensor binary loads the real eBPF programs into this kernel, real
 //! processes do real things, and we read what the sensor wrote.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed set-up step must fail the test loudly"
+)]
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpListener,

@@ -256,6 +256,21 @@ fn main() -> ExitCode {
             )
         }),
         Cmd::Test { filter } => build().and_then(|()| {
+            step("checking formatting and lints");
+            run(Command::new("cargo")
+                .args(["fmt", "--all", "--", "--check"])
+                .current_dir(root()))?;
+            run(Command::new("cargo")
+                .args([
+                    "clippy",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "sensor-ebpf",
+                    "--all-targets",
+                ])
+                .args(["--", "-D", "warnings"])
+                .current_dir(root()))?;
             step("running every test");
             let mut cmd = Command::new("cargo");
             cmd.args(["test", "--release"]).current_dir(root());
