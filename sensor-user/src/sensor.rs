@@ -74,6 +74,11 @@ struct State {
     hw_prev: HashMap<u32, (u64, u64)>,
     ipc: HashMap<u32, f64>,
     counters: Counters,
+    /// Alerts raised since the last flush, the latest per process: evidence that arrives in
+    /// one batch of events (exec, connect, first bytes) makes one alert, not one per reason.
+    pending: Vec<AlertRecord>,
+    /// Revisions of each live process's alert written so far: the `update` field.
+    revisions: HashMap<u32, u32>,
     out: Outputs,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     wall_offset_ns: i128,
@@ -123,6 +128,7 @@ impl State {
                 self.hw_prev.remove(&m.tgid);
                 self.ipc.remove(&m.tgid);
                 self.engine.forget(m.tgid);
+                self.revisions.remove(&m.tgid);
                 Ok(())
             }
             Event::Connect(c) => self.on_connect(c),
@@ -331,7 +337,6 @@ impl State {
         let Some(alert) = self.engine.observe(pid, ktime_ns, f) else {
             return Ok(());
         };
-        self.counters.alerts += 1;
         let p = self
             .procs
             .get(pid)
@@ -372,7 +377,23 @@ impl State {
             preexisting: p.preexisting,
         };
         tracing::debug!(pid, severity = ?rec.severity, "alert");
-        self.out.alert(&rec)
+        match self.pending.iter_mut().find(|r| r.pid == pid) {
+            Some(slot) => *slot = rec,
+            None => self.pending.push(rec),
+        }
+        Ok(())
+    }
+
+    /// Writes the pending alerts and flushes every output.
+    fn flush(&mut self) -> std::io::Result<()> {
+        for mut rec in std::mem::take(&mut self.pending) {
+            let n = self.revisions.entry(rec.pid).or_insert(0);
+            rec.update = *n;
+            *n += 1;
+            self.counters.alerts += 1;
+            self.out.alert(&rec)?;
+        }
+        self.out.flush()
     }
 }
 
@@ -509,6 +530,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         hw_prev: HashMap::new(),
         ipc: HashMap::new(),
         counters: Counters::default(),
+        pending: Vec::new(),
+        revisions: HashMap::new(),
         wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
         out,
         procs,
@@ -544,7 +567,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             st.raise(pid, now, &Finding::MinerPort { peer }, Some(peer))?;
         }
     }
-    st.out.flush()?;
+    st.flush()?;
 
     // SAFETY: the RingBuf owns its map fd, and the AsyncFd owns the RingBuf, so the fd stays
     // open and the same for the AsyncFd's whole life.
@@ -577,7 +600,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
                 st.on_cpu_tick(&cpu_maps, dt, monotonic_ns())?;
-                st.out.flush()?;
+                st.flush()?;
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 let rec = st.stats_record(&stats, started);
@@ -586,6 +609,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             }
         }
     };
+    // What the kernel handed over before the signal is still delivered.
+    st.drain(ring.get_mut())?;
     let rec = st.stats_record(&stats, started);
     st.out.stats(&rec)?;
     st.out.stop(&StopRecord {
@@ -628,7 +653,7 @@ impl State {
                 }
             }
         }
-        self.out.flush()
+        self.flush()
     }
 
     fn stats_record(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatsRecord {
