@@ -231,12 +231,31 @@ fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
         "{detail}"
     );
     b.wait();
-    for a in s.alerts_for(pid) {
+    let alerts = s.alerts_for(pid);
+    for a in &alerts {
         assert!(
             severity_rank(&a["severity"]) < 3,
             "a CPU burner alone must not be high: {a}"
         );
     }
+    // Saturated for seconds after the alert, yet updated only when evidence is new: at most
+    // one record per distinct reason (its exe may sit under /tmp in a checkout there).
+    let reasons: std::collections::BTreeSet<String> = alerts
+        .iter()
+        .flat_map(|a| {
+            a["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["code"].to_string())
+        })
+        .collect();
+    assert!(alerts.len() <= reasons.len(), "repeated alerts: {alerts:?}");
+    let revisions: Vec<u64> = alerts
+        .iter()
+        .map(|a| a["update"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, (0..alerts.len() as u64).collect::<Vec<_>>());
 }
 
 #[test]
