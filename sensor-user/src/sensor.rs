@@ -465,12 +465,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         tracing::warn!(reason = %e, "no BTF offsets: exec events carry no parent pid and fork events are off");
     }
     for h in loaded.hooks.iter().filter(|h| !h.attached) {
-        tracing::warn!(
-            hook = h.program,
-            reason = h.error.as_deref().unwrap_or(""),
-            lost = h.lost,
-            "hook missing"
-        );
+        let reason = h.error.as_deref().unwrap_or("");
+        if h.optional {
+            tracing::info!(
+                hook = h.program,
+                reason,
+                lost = h.lost,
+                "optional hook not available"
+            );
+        } else {
+            tracing::warn!(hook = h.program, reason, lost = h.lost, "hook missing");
+        }
     }
     let hw_attached = loaded
         .hooks
@@ -496,6 +501,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         },
     };
 
+    // Loading parsed the kernel's BTF twice (ours for offsets, aya's for relocations): give
+    // the freed heap back instead of carrying it for the sensor's whole life.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let out = Outputs::open(cfg.jsonl.as_ref(), cfg.terminal, cfg.min_severity)?;
     // Bootstrap after attaching, so nothing starts unseen between the scan and the hooks.
     let procs = ProcTable::bootstrap(Path::new("/proc"));
