@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub min_severity: Option<String>,
     pub node: Option<String>,
     pub events: Option<bool>,
+    pub bpf_stats: Option<bool>,
 }
 
 impl FileConfig {
@@ -67,6 +68,7 @@ impl FileConfig {
             min_severity: over.min_severity.or(self.min_severity),
             node: over.node.or(self.node),
             events: over.events.or(self.events),
+            bpf_stats: over.bpf_stats.or(self.bpf_stats),
         }
     }
 }
@@ -106,6 +108,8 @@ pub struct Config {
     pub node: String,
     /// Also write `exec`, `exit` and `connect` records to the JSON-lines output.
     pub events: bool,
+    /// Turn on kernel BPF run-time statistics and report each hook's cost in `stats`.
+    pub bpf_stats: bool,
 }
 
 impl Config {
@@ -162,6 +166,7 @@ impl Config {
             min_severity,
             node,
             events: f.events.unwrap_or(false),
+            bpf_stats: f.bpf_stats.unwrap_or(false),
         })
     }
 }

@@ -60,6 +60,9 @@ struct RunArgs {
     /// Also write every exec, exit and connect as a JSON-lines record (an audit trail).
     #[arg(long)]
     events: bool,
+    /// Measure each hook's in-kernel cost (kernel BPF statistics) and report it in `stats`.
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 impl RunArgs {
@@ -82,6 +85,7 @@ impl RunArgs {
             min_severity: self.min_severity.clone(),
             node: self.node.clone(),
             events: self.events.then_some(true),
+            bpf_stats: self.bpf_stats.then_some(true),
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }

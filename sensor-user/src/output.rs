@@ -9,6 +9,8 @@ use std::{
     time::SystemTime,
 };
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::{
@@ -118,7 +120,7 @@ pub struct StatsRecord {
     pub events: u64,
     pub decode_errors: u64,
     /// Per-CPU kernel counters summed: ring-buffer drops and hook failures.
-    pub kernel: std::collections::BTreeMap<&'static str, u64>,
+    pub kernel: BTreeMap<&'static str, u64>,
     /// Bytes the payload reassembler saw missing (a dropped payload event).
     pub payload_gaps: u64,
     pub alerts: u64,
@@ -127,6 +129,17 @@ pub struct StatsRecord {
     pub cpu_seconds: f64,
     pub rss_kb: u64,
     pub peak_rss_kb: u64,
+    /// Per-hook in-kernel cost, when BPF run-time statistics are on (`--bpf-stats`):
+    /// program -> runs and nanoseconds spent.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bpf: BTreeMap<&'static str, BpfCost>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BpfCost {
+    pub runs: u64,
+    pub run_ns: u64,
+    pub ns_per_run: u64,
 }
 
 /// `{"kind":"exec"|"exit"|"connect",…}`: raw activity, written with `--events`.

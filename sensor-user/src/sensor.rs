@@ -23,8 +23,8 @@ use crate::{
     events::{Connect, Event, Exec, Payload, Transport},
     loader,
     output::{
-        ActivityRecord, AlertRecord, Outputs, ParentInfo, ReadyRecord, StatsRecord, StopRecord,
-        rfc3339,
+        ActivityRecord, AlertRecord, BpfCost, Outputs, ParentInfo, ReadyRecord, StatsRecord,
+        StopRecord, rfc3339,
     },
     proctable::{self, ProcTable, Process, Users},
     stratum::{self, Verdict},
@@ -461,6 +461,18 @@ fn self_usage() -> (f64, u64, u64) {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<(), RunError> {
     let started = Instant::now();
     let mut loaded = loader::load(cfg.cpu_sample_hz)?;
+    // Kernel BPF run-time accounting, on while this fd lives; costs a clock read per run.
+    let _bpf_stats = if cfg.bpf_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(reason = %e, "cannot enable BPF run-time statistics");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if let Some(e) = &loaded.offsets_error {
         tracing::warn!(reason = %e, "no BTF offsets: exec events carry no parent pid and fork events are off");
     }
@@ -612,7 +624,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 st.flush()?;
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
-                let rec = st.stats_record(&stats, started);
+                let rec = st.stats_record(&stats, &loaded.ebpf, started);
                 st.out.stats(&rec)?;
                 st.out.flush()?;
             }
@@ -620,7 +632,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     };
     // What the kernel handed over before the signal is still delivered.
     st.drain(ring.get_mut())?;
-    let rec = st.stats_record(&stats, started);
+    let rec = st.stats_record(&stats, &loaded.ebpf, started);
     st.out.stats(&rec)?;
     st.out.stop(&StopRecord {
         kind: "stop",
@@ -665,7 +677,12 @@ impl State {
         self.flush()
     }
 
-    fn stats_record(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatsRecord {
+    fn stats_record(
+        &self,
+        stats: &PerCpuArray<MapData, u64>,
+        ebpf: &aya::Ebpf,
+        started: Instant,
+    ) -> StatsRecord {
         let mut kernel = BTreeMap::new();
         for (i, name) in stat::NAMES.iter().enumerate() {
             let v = stats
@@ -675,6 +692,23 @@ impl State {
             kernel.insert(*name, v);
         }
         let (cpu_seconds, rss_kb, peak_rss_kb) = self_usage();
+        let mut bpf = BTreeMap::new();
+        for hook in loader::HOOKS {
+            if let Some(info) = ebpf.program(hook.program).and_then(|p| p.info().ok())
+                && info.run_count() > 0
+            {
+                let run_ns = info.run_time().as_nanos() as u64;
+                let runs = info.run_count();
+                bpf.insert(
+                    hook.program,
+                    BpfCost {
+                        runs,
+                        run_ns,
+                        ns_per_run: run_ns / runs,
+                    },
+                );
+            }
+        }
         StatsRecord {
             kind: "stats",
             ts: rfc3339(SystemTime::now()),
@@ -690,6 +724,7 @@ impl State {
             cpu_seconds,
             rss_kb,
             peak_rss_kb,
+            bpf,
         }
     }
 }
