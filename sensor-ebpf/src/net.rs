@@ -6,7 +6,7 @@ use sensor_common::{ConnectEvent, PROTO_TCP, PROTO_UNKNOWN, WatchState, kind, st
 
 use crate::{
     maps::{CONNECT_STASH, EVENTS, WATCH},
-    util::{count, current, header, sys_arg},
+    util::{count, current, header, lazy_wakeup, sys_arg},
 };
 
 const AF_INET: u16 = 2;
@@ -145,6 +145,6 @@ fn try_net_connect_ret(ctx: &TracePointContext) -> Result<(), u32> {
         }
     }
     EVENTS
-        .output::<ConnectEvent>(&ev, 0)
+        .output::<ConnectEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_CONNECT)
 }

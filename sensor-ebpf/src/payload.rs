@@ -14,7 +14,7 @@ use sensor_common::{
 
 use crate::{
     maps::{EVENTS, WATCH},
-    util::{count, current, header, sys_arg},
+    util::{BPF_RB_FORCE_WAKEUP, count, current, header, sys_arg},
 };
 
 /// Iovecs read from one writev/sendmsg; Stratum clients write a message in one or two.
@@ -198,7 +198,7 @@ fn capture(sock: Sock, which: u32, iov: &[Iovec], total: u64) -> Result<(), u32>
         (*ev).total = total as u32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_FORCE_WAKEUP);
     state.bytes += off as u32;
     state.sends += 1;
     if state.bytes >= WATCH_BYTES || state.sends >= WATCH_SENDS {

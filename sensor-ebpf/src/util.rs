@@ -6,14 +6,15 @@ use crate::maps::{EVENTS, STATS};
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Unread bytes past which a lifecycle event wakes the reader after all.
 const WAKE_ABOVE: u64 = 1024 * 1024;
 
-/// Submit flags for high-volume, low-urgency events (exec, fork, exit). Waking the reader
-/// costs the submitting task several microseconds, so these do not, unless the ring is
-/// filling up; user space drains on a short timer as well. Connect and payload events keep
-/// the default wake-up: they are rare and alerts depend on them.
+/// Submit flags for high-volume, low-urgency events (exec, fork, exit, connect). Waking the
+/// reader costs the submitting task several microseconds, so these do not, unless the ring
+/// is filling up; user space drains on a short timer as well. Payload events, on which the
+/// strongest alerts depend, force the wake-up: the default (adaptive) one would not fire
+/// while lazily submitted events sit unread in front of them.
 #[inline(always)]
 pub fn lazy_wakeup() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKE_ABOVE {

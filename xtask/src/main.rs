@@ -45,25 +45,26 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Idle CPU and RSS; CPU, RSS and drops in a paced exec storm; flat-out exec overhead.
+    /// Everything: overhead against auditd and bpftrace, the sensor's own cost, throughput,
+    /// detection latency and per-hook BPF cost, into results/bench.md and results/overhead.svg.
+    All {
+        /// Seconds instead of minutes: what CI runs so the bench cannot rot.
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Idle CPU and RSS, and CPU, RSS and drops in an exec storm paced at 5,000/s.
     Sensor {
-        #[arg(long, default_value_t = 30)]
-        idle_secs: u64,
-        #[arg(long, default_value_t = 10)]
-        storm_secs: u64,
-        /// Execs per second in the paced storm.
-        #[arg(long, default_value_t = 5000)]
-        rate: u64,
-        /// Execs per round of the flat-out storm.
-        #[arg(long, default_value_t = 6000)]
-        flat_out_execs: u64,
+        #[arg(long)]
+        smoke: bool,
     },
 }
 
 /// Debian packages the tests use, with a command each provides.
 const DEBIAN: &[(&str, &str)] = &[
-    ("iproute2", "ip"), // network namespaces for the real-miner test
-    ("npm", "npm"),     // `npm pack` fetches the XMRig the real-miner test runs
+    ("iproute2", "ip"),       // network namespaces for the real-miner test
+    ("npm", "npm"),           // `npm pack` fetches the XMRig the real-miner test runs
+    ("auditd", "auditctl"),   // the benchmark compares against auditd...
+    ("bpftrace", "bpftrace"), // ...and against a bpftrace script
 ];
 
 fn root() -> PathBuf {
@@ -73,11 +74,11 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     eprintln!("==> {what}");
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;
@@ -236,24 +237,18 @@ fn main() -> ExitCode {
                 std::os::unix::process::CommandExt::exec(Command::new(bin).arg("run").args(args));
             Err(err).context("cannot exec target/release/minerwatch")
         }),
-        Cmd::Bench {
-            what:
-                BenchCmd::Sensor {
-                    idle_secs,
-                    storm_secs,
-                    rate,
-                    flat_out_execs,
-                },
-        } => build().and_then(|()| {
-            bench::sensor(
-                &root(),
-                &bench::Options {
-                    idle_secs,
-                    storm_secs,
-                    rate,
-                    flat_out_execs,
-                },
-            )
+        Cmd::Bench { what } => build().and_then(|()| {
+            let sizes = |smoke| {
+                if smoke {
+                    bench::Sizes::smoke()
+                } else {
+                    bench::Sizes::full()
+                }
+            };
+            match what {
+                BenchCmd::All { smoke } => bench::all(&root(), &sizes(smoke)),
+                BenchCmd::Sensor { smoke } => bench::sensor(&root(), &sizes(smoke)),
+            }
         }),
         Cmd::Test { filter } => build().and_then(|()| {
             step("checking formatting and lints");

@@ -56,6 +56,16 @@ fn linger(mut s: TcpStream) {
     let _ = s.read(&mut buf);
 }
 
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| {
@@ -67,6 +77,11 @@ fn main() {
     match arg(1) {
         "stratum" => {
             let s = TcpStream::connect(addr(2)).expect("connect");
+            if std::env::var_os("MW_STAMP").is_some() {
+                // For latency benchmarks: CLOCK_MONOTONIC just before the login leaves.
+                println!("pid {}\nsent {}", std::process::id(), monotonic_ns());
+                std::io::stdout().flush().ok();
+            }
             send(&s, arg(3), LOGIN);
             linger(s);
         }
