@@ -59,7 +59,11 @@ pub fn net_close(ctx: TracePointContext) -> u32 {
     if let Some((tgid, _)) = current()
         && let Ok(fd) = sys_arg::<u64>(&ctx, 0)
     {
-        let _ = WATCH.remove(watch_key(tgid, fd as u32));
+        let key = watch_key(tgid, fd as u32);
+        // A lookup takes no bucket lock; almost every close is of an unwatched descriptor.
+        if WATCH.get_ptr(key).is_some() {
+            let _ = WATCH.remove(key);
+        }
     }
     0
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use sensor_common::{ExitEvent, ForkEvent, kind, stat};
 
 use crate::{
-    maps::{CPU_SAMPLES, EVENTS, HW_CYCLES, HW_INSNS},
+    maps::EVENTS,
     util::{count, current, header, lazy_wakeup, task_tgid_off},
 };
 
@@ -71,9 +71,7 @@ fn try_proc_exit() -> Result<(), u32> {
     if tgid != tid {
         return Ok(());
     }
-    let _ = CPU_SAMPLES.remove(tgid);
-    let _ = HW_CYCLES.remove(tgid);
-    let _ = HW_INSNS.remove(tgid);
+    // The sample maps are pruned by user space on this event, off the exiting task's path.
     let ev = ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),
     };

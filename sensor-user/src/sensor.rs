@@ -73,6 +73,8 @@ struct State {
     /// Hardware sample totals per tgid last time (cycles, instructions) and the IPC since.
     hw_prev: HashMap<u32, (u64, u64)>,
     ipc: HashMap<u32, f64>,
+    /// Processes gone since the last CPU tick, whose sample-map keys that tick removes.
+    exited: Vec<u32>,
     counters: Counters,
     /// Alerts raised since the last flush, the latest per process: evidence that arrives in
     /// one batch of events (exec, connect, first bytes) makes one alert, not one per reason.
@@ -127,6 +129,7 @@ impl State {
                 self.cpu_trackers.remove(&m.tgid);
                 self.hw_prev.remove(&m.tgid);
                 self.ipc.remove(&m.tgid);
+                self.exited.push(m.tgid);
                 self.engine.forget(m.tgid);
                 self.revisions.remove(&m.tgid);
                 Ok(())
@@ -276,9 +279,23 @@ impl State {
     }
 
     /// CPU shares since the last poll, from the per-CPU sample counts.
-    fn on_cpu_tick(&mut self, maps: &CpuMaps, dt: Duration, now_ns: u64) -> std::io::Result<()> {
+    fn on_cpu_tick(
+        &mut self,
+        maps: &mut CpuMaps,
+        dt: Duration,
+        now_ns: u64,
+    ) -> std::io::Result<()> {
         let hz = self.cfg.cpu_sample_hz as f64;
         let seen = sum_per_cpu(&maps.samples);
+        for tgid in self.exited.drain(..) {
+            let _ = maps.samples.remove(&tgid);
+            if let Some(m) = maps.hw_cycles.as_mut() {
+                let _ = m.remove(&tgid);
+            }
+            if let Some(m) = maps.hw_insns.as_mut() {
+                let _ = m.remove(&tgid);
+            }
+        }
         if let (Some(cyc), Some(ins)) = (&maps.hw_cycles, &maps.hw_insns) {
             let (cyc, ins) = (sum_per_cpu(cyc), sum_per_cpu(ins));
             for (&tgid, &c) in &cyc {
@@ -499,7 +516,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     let ring: RingBuf<MapData> = bpf_map(ebpf, map::EVENTS)?;
     let stats: PerCpuArray<MapData, u64> = bpf_map(ebpf, map::STATS)?;
     let mut watch: BpfHashMap<MapData, u64, WatchState> = bpf_map(ebpf, map::WATCH)?;
-    let cpu_maps = CpuMaps {
+    let mut cpu_maps = CpuMaps {
         samples: bpf_map(ebpf, map::CPU_SAMPLES)?,
         hw_cycles: if hw_attached {
             Some(bpf_map(ebpf, map::HW_CYCLES)?)
@@ -550,6 +567,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         cpu_trackers: HashMap::new(),
         hw_prev: HashMap::new(),
         ipc: HashMap::new(),
+        exited: Vec::new(),
         counters: Counters::default(),
         pending: Vec::new(),
         revisions: HashMap::new(),
@@ -620,7 +638,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             _ = cpu_tick.tick() => {
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
-                st.on_cpu_tick(&cpu_maps, dt, monotonic_ns())?;
+                st.on_cpu_tick(&mut cpu_maps, dt, monotonic_ns())?;
                 st.flush()?;
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {

@@ -74,6 +74,8 @@ impl Sizes {
     }
 }
 
+// `monotonic_ns` and `usage` repeat small helpers of the sensor crate on purpose: xtask
+// bootstraps the eBPF toolchain, so it must build before the sensor crate can.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -443,12 +445,30 @@ struct Ctx {
 fn closing_listener() -> Result<std::net::SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
+    // A deep accept queue (listen may be called again to change it): a moment without the
+    // accepting thread on a CPU must not drop SYNs.
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a listening socket we own.
+    unsafe { libc::listen(l.as_raw_fd(), 4096) };
     thread::spawn(move || {
         for c in l.incoming() {
             drop(c);
         }
     });
     Ok(addr)
+}
+
+impl Ctx {
+    fn new(root: &Path) -> Result<Ctx> {
+        let ctx = Ctx {
+            bin: root.join("target/release/minerwatch"),
+            out: root.join("results"),
+            listener: drain_listener()?,
+            closer: closing_listener()?,
+        };
+        std::fs::create_dir_all(&ctx.out)?;
+        Ok(ctx)
+    }
 }
 
 fn drain_listener() -> Result<std::net::SocketAddr> {
@@ -491,7 +511,10 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
     let mut sensor_cpu = vec![Vec::new(); Workload::ALL.len()];
     let mut peak = 0;
     for round in 0..s.rounds {
-        for (ti, &tool) in Tool::ALL.iter().enumerate() {
+        // Rotate the order each round (A B C D, B C D A, …) so no tool always runs first.
+        for k in 0..Tool::ALL.len() {
+            let ti = (k + round) % Tool::ALL.len();
+            let tool = Tool::ALL[ti];
             if !tools[ti] {
                 continue;
             }
@@ -931,13 +954,7 @@ fn svg(o: &Overhead, s: &Sizes) -> String {
 }
 
 pub fn all(root: &Path, s: &Sizes) -> Result<()> {
-    let ctx = Ctx {
-        bin: root.join("target/release/minerwatch"),
-        out: root.join("results"),
-        listener: drain_listener()?,
-        closer: closing_listener()?,
-    };
-    std::fs::create_dir_all(&ctx.out)?;
+    let ctx = Ctx::new(root)?;
     step("building the benchmark client");
     run(Command::new("cargo")
         .args([
@@ -1084,13 +1101,7 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
 
 /// The older single-purpose bench: idle and a paced exec storm only.
 pub fn sensor(root: &Path, s: &Sizes) -> Result<()> {
-    let ctx = Ctx {
-        bin: root.join("target/release/minerwatch"),
-        out: root.join("results"),
-        listener: drain_listener()?,
-        closer: closing_listener()?,
-    };
-    std::fs::create_dir_all(&ctx.out)?;
+    let ctx = Ctx::new(root)?;
     let i = idle_and_storm(s, &ctx, root)?;
     println!(
         "idle {:.2} % of a core, {:.1} MiB; execs at {:.0}/s: {:.1} % of a core, {} events, {} dropped",

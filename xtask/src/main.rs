@@ -271,10 +271,16 @@ fn main() -> ExitCode {
             cmd.args(["test", "--release"]).current_dir(root());
             cmd.env("MINERWATCH_BIN", root().join("target/release/minerwatch"));
             cmd.arg("--").arg("--test-threads=1");
+            let filtered = filter.is_some();
             if let Some(f) = filter {
                 cmd.arg(f);
             }
-            run(&mut cmd)
+            run(&mut cmd)?;
+            if filtered {
+                return Ok(());
+            }
+            step("benchmark smoke run (seconds; the full run is `cargo xtask bench all`)");
+            bench::all(&root(), &bench::Sizes::smoke())
         }),
     };
     match result {
