@@ -492,8 +492,10 @@ fn drain_listener() -> Result<std::net::SocketAddr> {
 pub struct Overhead {
     /// [workload][tool] -> median seconds
     pub medians: Vec<[f64; 4]>,
-    /// Sensor CPU seconds per workload (median), and its peak RSS over the run.
+    /// Sensor CPU seconds per workload (median), its peak RSS per workload (max over the
+    /// rounds), and its peak RSS over the whole run.
     pub sensor_cpu: Vec<f64>,
+    pub sensor_rss_kb: Vec<u64>,
     pub sensor_peak_rss_kb: u64,
     pub tools: Vec<bool>,
 }
@@ -509,6 +511,7 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
         .collect();
     let mut times = vec![[const { Vec::new() }; 4]; Workload::ALL.len()];
     let mut sensor_cpu = vec![Vec::new(); Workload::ALL.len()];
+    let mut sensor_rss = vec![0u64; Workload::ALL.len()];
     let mut peak = 0;
     for round in 0..s.rounds {
         // Rotate the order each round (A B C D, B C D A, …) so no tool always runs first.
@@ -526,12 +529,18 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
             ));
             let running = Running::start(tool, ctx)?;
             for (wi, w) in Workload::ALL.iter().enumerate() {
+                if let Some(pid) = running.sensor_pid() {
+                    // Writing 5 to clear_refs resets the peak RSS (VmHWM), so the peak read
+                    // after the workload is this workload's own.
+                    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+                }
                 let before = running.sensor_pid().map(usage);
                 let secs = w.run(s, ctx)?;
                 times[wi][ti].push(secs);
                 if let (Some(pid), Some((c0, _, _))) = (running.sensor_pid(), before) {
                     let (c1, _, hwm) = usage(pid);
                     sensor_cpu[wi].push(c1 - c0);
+                    sensor_rss[wi] = sensor_rss[wi].max(hwm);
                     peak = peak.max(hwm);
                 }
             }
@@ -554,6 +563,7 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
     Ok(Overhead {
         medians,
         sensor_cpu: sensor_cpu.into_iter().map(median).collect(),
+        sensor_rss_kb: sensor_rss,
         sensor_peak_rss_kb: peak,
         tools,
     })
@@ -989,18 +999,19 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| workload | no sensor | minerwatch | auditd | bpftrace | minerwatch CPU |\n|---|---|---|---|---|---|"
+        "| workload | no sensor | minerwatch | auditd | bpftrace | minerwatch CPU | minerwatch peak RSS |\n|---|---|---|---|---|---|---|"
     );
     for (wi, m) in o.medians.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {} | {:.3} s | {} | {} | {} | {:.3} s |",
+            "| {} | {:.3} s | {} | {} | {} | {:.2} s | {:.1} MiB |",
             Workload::ALL[wi].name(s),
             m[0],
             pct(m[0], m[1]),
             pct(m[0], m[2]),
             pct(m[0], m[3]),
-            o.sensor_cpu[wi]
+            o.sensor_cpu[wi],
+            o.sensor_rss_kb[wi] as f64 / 1024.0
         );
     }
     let exec = &o.medians[0];
