@@ -13,7 +13,7 @@ pub mod map {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of `u64` counters indexed by [`crate::stat`].
     pub const STATS: &str = "STATS";
-    /// TCP sockets whose first bytes are being captured, keyed by [`crate::watch_key`].
+    /// TCP sockets whose first bytes are being captured, keyed by socket cookie.
     pub const WATCH: &str = "WATCH";
     /// cpu-clock samples per thread group id.
     pub const CPU_SAMPLES: &str = "CPU_SAMPLES";
@@ -74,14 +74,6 @@ pub mod stat {
     ];
 }
 
-/// Syscalls whose payload is captured, as carried in [`PayloadEvent::syscall`].
-pub mod syscall {
-    pub const WRITE: u32 = 1;
-    pub const SENDTO: u32 = 2;
-    pub const SENDMSG: u32 = 3;
-    pub const WRITEV: u32 = 4;
-}
-
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_CAP: usize = 256;
 /// argv bytes captured per exec (NUL-separated); an argument may overrun by up to
@@ -90,13 +82,11 @@ pub const ARGV_CAP: usize = 1024;
 pub const ARG_READ_MAX: usize = 256;
 pub const ARGV_BUF: usize = ARGV_CAP + ARG_READ_MAX;
 pub const ARGV_MAX_ARGS: u32 = 32;
-/// Largest slice copied from one send; the buffer is twice that so the verifier can bound
-/// a masked offset plus a masked length.
+/// Largest slice copied from one packet.
 pub const PAYLOAD_CAP: usize = 1024;
-pub const PAYLOAD_BUF: usize = 2 * PAYLOAD_CAP;
 /// A new TCP connection is watched until this many bytes were captured...
 pub const WATCH_BYTES: u32 = 2048;
-/// ...or this many sends were seen, whichever comes first.
+/// ...or this many data packets were seen, whichever comes first.
 pub const WATCH_SENDS: u32 = 8;
 
 /// Events between two hardware-counter samples: cycles and instructions are sampled with
@@ -107,12 +97,6 @@ pub const HW_SAMPLE_PERIOD: u64 = 10_000_000;
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
 /// `ExecEvent::flags`: no argv was captured for this exec.
 pub const EXEC_ARGV_MISSING: u32 = 2;
-
-/// Key of the `WATCH` map: thread group id and file descriptor.
-#[inline(always)]
-pub const fn watch_key(tgid: u32, fd: u32) -> u64 {
-    ((tgid as u64) << 32) | fd as u64
-}
 
 /// Common prefix of every event.
 #[repr(C)]
@@ -195,33 +179,46 @@ pub struct ConnectEvent {
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 64);
 
-/// Bytes a process sent on a watched TCP socket.
+/// Payload a process sent on a watched TCP socket, as it left in a packet. `hdr.tgid` is the
+/// process that connected the socket (packets may leave outside its context).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PayloadEvent {
     pub hdr: EventHeader,
-    pub fd: i32,
-    /// One of [`syscall`].
-    pub syscall: u32,
-    /// Bytes captured on this socket before this send.
+    /// The socket's cookie (unique for the boot).
+    pub cookie: u64,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    pub _pad0: u32,
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub daddr: [u8; 16],
+    /// Payload bytes of this connection before this packet (from the TCP sequence number).
     pub offset: u32,
     /// Bytes of `data` that are valid.
     pub len: u32,
-    /// Bytes the syscall was asked to send.
+    /// Payload bytes in the packet.
     pub total: u32,
-    pub _pad: u32,
-    pub data: [u8; PAYLOAD_BUF],
+    pub _pad1: u32,
+    pub data: [u8; PAYLOAD_CAP],
 }
-const _: () = assert!(size_of::<PayloadEvent>() == 32 + 24 + PAYLOAD_BUF);
+const _: () = assert!(size_of::<PayloadEvent>() == 32 + 48 + PAYLOAD_CAP);
 
-/// Value of the `WATCH` map: what has been captured on that socket so far.
+/// Value of the `WATCH` map (key: socket cookie): who connected it and what has been
+/// captured so far.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WatchState {
-    pub bytes: u32,
+    pub tgid: u32,
     pub sends: u32,
+    pub bytes: u32,
+    /// Sequence number of the first payload byte, once `has_isn` is 1.
+    pub isn: u32,
+    pub has_isn: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<WatchState>() == 8);
+const _: () = assert!(size_of::<WatchState>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

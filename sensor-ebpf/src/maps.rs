@@ -14,9 +14,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Sockets whose first bytes are captured: `watch_key(tgid, fd)` -> progress.
+/// Sockets whose first bytes are captured: socket cookie -> owner and progress. LRU, so a
+/// socket that connects but never sends is forgotten in time.
 #[map]
-pub static WATCH: HashMap<u64, WatchState> = HashMap::with_max_entries(16384, 0);
+pub static WATCH: LruHashMap<u64, WatchState> = LruHashMap::with_max_entries(16384, 0);
 
 /// cpu-clock samples per tgid, per CPU (no atomics needed); user space sums the CPUs.
 #[map]

@@ -1,17 +1,16 @@
 //! Outbound connections: destination at connect() entry, TCP-ness from the socket's move to
-//! SYN_SENT inside that call, outcome at exit. A TCP connect that succeeds (or is in
-//! progress) is put in `WATCH` so its first bytes are captured by `payload`.
+//! SYN_SENT inside that call, outcome at exit. (Which sockets have their first bytes
+//! captured is decided in `payload`, by cookie.)
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use sensor_common::{ConnectEvent, PROTO_TCP, PROTO_UNKNOWN, WatchState, kind, stat, watch_key};
+use sensor_common::{ConnectEvent, PROTO_TCP, PROTO_UNKNOWN, kind, stat};
 
 use crate::{
-    maps::{CONNECT_STASH, EVENTS, WATCH},
+    maps::{CONNECT_STASH, EVENTS},
     util::{count, current, header, lazy_wakeup, sys_arg},
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const EINPROGRESS: i64 = 115;
 const TCP_SYN_SENT: i32 = 2;
 const IPPROTO_TCP: u16 = 6;
 
@@ -50,22 +49,6 @@ pub fn net_connect_ret(ctx: TracePointContext) -> u32 {
             0
         }
     }
-}
-
-/// `syscalls:sys_enter_close` (fd): a closed descriptor is no longer watched, so a later
-/// file that reuses the number is never captured.
-#[tracepoint]
-pub fn net_close(ctx: TracePointContext) -> u32 {
-    if let Some((tgid, _)) = current()
-        && let Ok(fd) = sys_arg::<u64>(&ctx, 0)
-    {
-        let key = watch_key(tgid, fd as u32);
-        // A lookup takes no bucket lock; almost every close is of an unwatched descriptor.
-        if WATCH.get_ptr(key).is_some() {
-            let _ = WATCH.remove(key);
-        }
-    }
-    0
 }
 
 fn try_net_connect(ctx: &TracePointContext) -> Result<(), u32> {
@@ -142,12 +125,6 @@ fn try_net_connect_ret(ctx: &TracePointContext) -> Result<(), u32> {
     let ret: i64 = sys_arg(ctx, 0)?;
     ev.ret = ret as i32;
     ev.hdr = header(kind::CONNECT, tgid, tid);
-    if ev.proto == PROTO_TCP && (ret == 0 || ret == -EINPROGRESS) {
-        let key = watch_key(tgid, ev.fd as u32);
-        if WATCH.insert(key, WatchState::default(), 0).is_err() {
-            count(stat::MAP_FULL);
-        }
-    }
     EVENTS
         .output::<ConnectEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_CONNECT)

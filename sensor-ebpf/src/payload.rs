@@ -1,211 +1,221 @@
-//! First bytes on new TCP connections. Every write-family syscall costs one hash lookup in
-//! `WATCH`; only sockets put there by `net` (new TCP connects) or by user space (connections
-//! that predate the sensor) pay for a copy, and only until their budget is spent.
+//! First bytes on new TCP connections, taken from the packets as they leave. A TCP socket
+//! is registered (by cookie, with the process that connects it) at `cgroup/connect4|6`;
+//! `cgroup_skb/egress` copies the payload of that socket's first packets. No program runs
+//! for writes to files or pipes at all, and every send path is covered (write, send*,
+//! writev, sendfile, io_uring). A packet of an unwatched socket costs one hash lookup.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    EbpfContext as _,
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
 };
 use sensor_common::{
-    PAYLOAD_CAP, PayloadEvent, WATCH_BYTES, WATCH_SENDS, kind, stat, syscall, watch_key,
+    EventHeader, PAYLOAD_CAP, PayloadEvent, WATCH_BYTES, WATCH_SENDS, WatchState, kind, stat,
 };
 
 use crate::{
     maps::{EVENTS, WATCH},
-    util::{BPF_RB_FORCE_WAKEUP, count, current, header, sys_arg},
+    util::{BPF_RB_FORCE_WAKEUP, count, current},
 };
 
-/// Iovecs read from one writev/sendmsg; Stratum clients write a message in one or two.
-const MAX_IOV: u64 = 4;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u8 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Allow the connect: these hooks only watch.
+const ALLOW: i32 = 1;
 
-/// The watched socket a send belongs to (BPF calls take at most five arguments).
-#[derive(Clone, Copy)]
-struct Sock {
-    tgid: u32,
-    tid: u32,
-    key: u64,
+/// `cgroup/connect4` on the root cgroup v2 (4.17+): registers TCP sockets by cookie.
+#[cgroup_sock_addr(connect4)]
+pub fn net_sock_connect4(ctx: SockAddrContext) -> i32 {
+    register(&ctx);
+    ALLOW
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Iovec {
-    base: *const u8,
-    len: u64,
-}
-
-/// `syscalls:sys_enter_write` (fd, buf, count).
-#[tracepoint]
-pub fn net_write(ctx: TracePointContext) -> u32 {
-    shell(try_plain(&ctx, syscall::WRITE))
-}
-
-/// `syscalls:sys_enter_sendto` (fd, buff, len, flags, addr, addr_len); also `send()`.
-#[tracepoint]
-pub fn net_sendto(ctx: TracePointContext) -> u32 {
-    shell(try_plain(&ctx, syscall::SENDTO))
-}
-
-/// `syscalls:sys_enter_writev` (fd, vec, vlen).
-#[tracepoint]
-pub fn net_writev(ctx: TracePointContext) -> u32 {
-    shell(try_writev(&ctx))
-}
-
-/// `syscalls:sys_enter_sendmsg` (fd, msg, flags).
-#[tracepoint]
-pub fn net_sendmsg(ctx: TracePointContext) -> u32 {
-    shell(try_sendmsg(&ctx))
+/// `cgroup/connect6` on the root cgroup v2 (4.17+).
+#[cgroup_sock_addr(connect6)]
+pub fn net_sock_connect6(ctx: SockAddrContext) -> i32 {
+    register(&ctx);
+    ALLOW
 }
 
 #[inline(always)]
-fn shell(r: Result<(), u32>) -> u32 {
-    if let Err(e) = r {
+fn register(ctx: &SockAddrContext) {
+    let Some((tgid, _)) = current() else {
+        return;
+    };
+    // SAFETY: the context pointer the kernel passed; `type_` is readable in connect hooks.
+    if unsafe { (*ctx.sock_addr).type_ } != SOCK_STREAM {
+        return;
+    }
+    // SAFETY: helper allowed for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let st = WatchState {
+        tgid,
+        ..WatchState::default()
+    };
+    if WATCH.insert(cookie, st, 0).is_err() {
+        count(stat::MAP_FULL);
+    }
+}
+
+/// `cgroup_skb/egress` on the root cgroup v2 (4.10+).
+#[cgroup_skb(egress)]
+pub fn net_egress(ctx: SkBuffContext) -> i32 {
+    if let Err(e) = try_net_egress(&ctx) {
         count(e);
     }
-    0
+    ALLOW
 }
 
-/// The watch entry for `fd` of the current process, if any: the cheap common-case exit.
-#[inline(always)]
-fn watched(ctx: &TracePointContext) -> Result<Option<Sock>, u32> {
-    let Some((tgid, tid)) = current() else {
-        return Ok(None);
+/// Where a packet's TCP payload is, and where it goes.
+struct Tcp {
+    family: u16,
+    daddr: [u8; 16],
+    dport: u16,
+    seq: u32,
+    payload_off: u32,
+}
+
+fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u32> {
+    // SAFETY: bounded copy out of the skb into a local of size_of::<T>().
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            off,
+            (out as *mut T).cast::<c_void>(),
+            size_of::<T>() as u32,
+        )
     };
-    let fd: u64 = sys_arg(ctx, 0)?;
-    let key = watch_key(tgid, fd as u32);
-    if WATCH.get_ptr(key).is_none() {
-        return Ok(None);
-    }
-    Ok(Some(Sock { tgid, tid, key }))
-}
-
-fn try_plain(ctx: &TracePointContext, which: u32) -> Result<(), u32> {
-    let Some(sock) = watched(ctx)? else {
-        return Ok(());
-    };
-    let buf: *const u8 = sys_arg(ctx, 1)?;
-    let len: u64 = sys_arg(ctx, 2)?;
-    let iov = [Iovec { base: buf, len }];
-    capture(sock, which, &iov, len)
-}
-
-fn try_writev(ctx: &TracePointContext) -> Result<(), u32> {
-    let Some(sock) = watched(ctx)? else {
-        return Ok(());
-    };
-    let vec: *const Iovec = sys_arg(ctx, 1)?;
-    let vlen: u64 = sys_arg(ctx, 2)?;
-    capture_iov(sock, syscall::WRITEV, vec, vlen)
-}
-
-fn try_sendmsg(ctx: &TracePointContext) -> Result<(), u32> {
-    let Some(sock) = watched(ctx)? else {
-        return Ok(());
-    };
-    let msg: *const u8 = sys_arg(ctx, 1)?;
-    // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (x86_64).
-    // SAFETY: user reads through the fault-tolerant helper.
-    let vec: *const Iovec = unsafe { bpf_probe_read_user(msg.add(16) as *const *const Iovec) }
-        .map_err(|_| stat::READ_USER_FAILED)?;
-    let vlen: u64 = unsafe { bpf_probe_read_user(msg.add(24) as *const u64) }
-        .map_err(|_| stat::READ_USER_FAILED)?;
-    capture_iov(sock, syscall::SENDMSG, vec, vlen)
-}
-
-#[inline(always)]
-fn capture_iov(sock: Sock, which: u32, vec: *const Iovec, vlen: u64) -> Result<(), u32> {
-    let mut iov = [Iovec {
-        base: core::ptr::null(),
-        len: 0,
-    }; MAX_IOV as usize];
-    let mut total: u64 = 0;
-    let mut i = 0;
-    while i < MAX_IOV && i < vlen {
-        // SAFETY: user reads through the fault-tolerant helper.
-        iov[i as usize] = unsafe { bpf_probe_read_user(vec.add(i as usize)) }
-            .map_err(|_| stat::READ_USER_FAILED)?;
-        total += iov[i as usize].len;
-        i += 1;
-    }
-    capture(sock, which, &iov, total)
-}
-
-#[inline(always)]
-fn capture(sock: Sock, which: u32, iov: &[Iovec], total: u64) -> Result<(), u32> {
-    let Sock { tgid, tid, key } = sock;
-    if total == 0 {
-        return Ok(());
-    }
-    let Some(state) = WATCH.get_ptr_mut(key) else {
-        return Ok(());
-    };
-    // SAFETY: map value; one writer per socket in practice, and a race only skews a budget.
-    let state = unsafe { &mut *state };
-    let budget = WATCH_BYTES.saturating_sub(state.bytes) as usize;
-    let cap = if budget < PAYLOAD_CAP {
-        budget
+    if r < 0 {
+        Err(stat::READ_KERNEL_FAILED)
     } else {
-        PAYLOAD_CAP
-    };
+        Ok(())
+    }
+}
 
+/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else.
+fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
+    let mut v: u8 = 0;
+    load(ctx, 0, &mut v)?;
+    let mut daddr = [0u8; 16];
+    let (family, l4) = match v >> 4 {
+        4 => {
+            let mut proto: u8 = 0;
+            load(ctx, 9, &mut proto)?;
+            if proto != IPPROTO_TCP {
+                return Ok(None);
+            }
+            let mut a = [0u8; 4];
+            load(ctx, 16, &mut a)?;
+            daddr[..4].copy_from_slice(&a);
+            (AF_INET, u32::from(v & 0x0f) * 4)
+        }
+        6 => {
+            let mut next: u8 = 0;
+            load(ctx, 6, &mut next)?;
+            if next != IPPROTO_TCP {
+                return Ok(None); // extension headers are not followed
+            }
+            load(ctx, 24, &mut daddr)?;
+            (AF_INET6, 40)
+        }
+        _ => return Ok(None),
+    };
+    let mut hdr = [0u8; 13];
+    load(ctx, l4, &mut hdr)?;
+    Ok(Some(Tcp {
+        family,
+        daddr,
+        dport: u16::from_be_bytes([hdr[2], hdr[3]]),
+        seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+        payload_off: l4 + u32::from(hdr[12] >> 4) * 4,
+    }))
+}
+
+fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
+    // SAFETY: helper allowed for cgroup_skb programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(state) = WATCH.get_ptr_mut(cookie) else {
+        return Ok(());
+    };
+    // SAFETY: map value; packets of one socket leave one at a time under its lock.
+    let state = unsafe { &mut *state };
+    let Some(tcp) = parse(ctx)? else {
+        return Ok(());
+    };
+    let len = ctx.len();
+    if len <= tcp.payload_off {
+        return Ok(()); // SYN, pure ACK, FIN
+    }
+    let total = len - tcp.payload_off;
+    if state.has_isn == 0 {
+        state.isn = tcp.seq;
+        state.has_isn = 1;
+    }
+    // A retransmission or a reordered packet: the stream is reassembled in order only.
+    if tcp.seq.wrapping_sub(state.isn) != state.bytes {
+        return Ok(());
+    }
+    let budget = WATCH_BYTES.saturating_sub(state.bytes);
+    let mut n = if total < budget { total } else { budget };
+    if n > PAYLOAD_CAP as u32 {
+        n = PAYLOAD_CAP as u32;
+    }
     let Some(mut entry) = EVENTS.reserve::<PayloadEvent>(0) else {
         return Err(stat::RINGBUF_FULL_PAYLOAD);
     };
     let ev = entry.as_mut_ptr();
-    let mut off: usize = 0;
-    let mut failed = false;
-    // SAFETY: reserved ring-buffer memory; `at < PAYLOAD_CAP` and `n <= PAYLOAD_CAP`, so
-    // `at + n <= PAYLOAD_BUF`, provably to the verifier.
-    unsafe {
-        for seg in iov.iter().take(MAX_IOV as usize) {
-            if off >= cap {
-                break;
-            }
-            let room = cap - off;
-            let n = if (seg.len as usize) < room {
-                seg.len as usize
-            } else {
-                room
-            };
-            if n == 0 {
-                continue;
-            }
-            // Volatile reloads stop LLVM from folding the clamps below into what it already
-            // knows; the verifier does not know it and needs to see them.
-            let at = core::ptr::read_volatile(&off) & (PAYLOAD_CAP - 1);
-            let mut n = core::ptr::read_volatile(&n);
-            if n > PAYLOAD_CAP {
-                n = PAYLOAD_CAP;
-            }
-            if generated::bpf_probe_read_user(
-                (*ev).data.as_mut_ptr().add(at) as *mut c_void,
-                n as u32,
-                seg.base as *const c_void,
-            ) < 0
-            {
-                failed = true;
-                break;
-            }
-            off += n;
+    // SAFETY: reserved ring-buffer memory; `n` is reloaded and clamped so the verifier can
+    // see 1 <= n <= PAYLOAD_CAP, the size of `data`.
+    let copied = unsafe {
+        let mut n = core::ptr::read_volatile(&n);
+        if n > PAYLOAD_CAP as u32 {
+            n = PAYLOAD_CAP as u32;
         }
-        (*ev).hdr = header(kind::PAYLOAD, tgid, tid);
-        (*ev).fd = key as u32 as i32;
-        (*ev).syscall = which;
+        if n == 0 {
+            0
+        } else if bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            tcp.payload_off,
+            (*ev).data.as_mut_ptr().cast(),
+            n,
+        ) < 0
+        {
+            entry.discard(0);
+            return Err(stat::READ_KERNEL_FAILED);
+        } else {
+            n
+        }
+    };
+    // SAFETY: as above; every field user space reads is written.
+    unsafe {
+        (*ev).hdr = EventHeader {
+            kind: kind::PAYLOAD,
+            tgid: state.tgid,
+            tid: 0,
+            _pad: 0,
+            ktime_ns: aya_ebpf::helpers::bpf_ktime_get_ns(),
+            cgroup_id: bpf_skb_cgroup_id(ctx.as_ptr().cast()),
+        };
+        (*ev).cookie = cookie;
+        (*ev).family = tcp.family;
+        (*ev).dport = tcp.dport;
+        (*ev)._pad0 = 0;
+        (*ev).daddr = tcp.daddr;
         (*ev).offset = state.bytes;
-        (*ev).len = off as u32;
-        (*ev).total = total as u32;
-        (*ev)._pad = 0;
+        (*ev).len = copied;
+        (*ev).total = total;
+        (*ev)._pad1 = 0;
     }
+    // Stratum alerts wait on this event: wake the reader even behind lazily sent events.
     entry.submit(BPF_RB_FORCE_WAKEUP);
-    state.bytes += off as u32;
+    state.bytes += total;
     state.sends += 1;
     if state.bytes >= WATCH_BYTES || state.sends >= WATCH_SENDS {
-        let _ = WATCH.remove(key);
-    }
-    if failed {
-        return Err(stat::READ_USER_FAILED);
+        let _ = WATCH.remove(cookie);
     }
     Ok(())
 }

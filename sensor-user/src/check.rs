@@ -40,14 +40,6 @@ fn kernel() -> String {
     )
 }
 
-fn cgroup2_mount() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
-    })
-}
-
 /// Opens a hardware cycles counter on CPU 0 to learn whether the PMU is exposed.
 fn hardware_counters() -> Result<(), String> {
     #[repr(C)]
@@ -94,7 +86,7 @@ pub fn run(sample_hz: u64) -> Report {
         root,
         btf: loader::btf_offsets().map_err(|e| e.to_string()),
         tracefs,
-        cgroup2: cgroup2_mount(),
+        cgroup2: loader::cgroup2_root(),
         hooks,
         hardware_counters: hardware_counters(),
     }

@@ -69,11 +69,15 @@ impl Connect {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Payload of one packet on a watched TCP connection. `meta.tgid` is the process that
+/// connected the socket.
 pub struct Payload {
     pub meta: Meta,
-    pub fd: i32,
-    pub syscall: u32,
+    pub cookie: u64,
+    pub peer: SocketAddr,
+    /// Payload bytes of this connection before this packet.
     pub offset: u32,
+    /// Payload bytes in the packet (`data` holds at most the capture limit of them).
     pub total: u32,
     pub data: Vec<u8>,
 }
@@ -101,6 +105,17 @@ fn read<T: Copy>(b: &[u8]) -> Result<T, DecodeError> {
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// An address as the kernel gave it: 4 bytes for AF_INET, 16 for AF_INET6 (IPv4-mapped
+/// addresses shown as IPv4).
+fn ip_of(family: u16, a: &[u8; 16]) -> IpAddr {
+    if family == libc::AF_INET6 as u16 {
+        let v6 = Ipv6Addr::from(*a);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
 }
 
 fn meta(h: &EventHeader) -> Meta {
@@ -149,18 +164,10 @@ impl TryFrom<&[u8]> for Event {
             kind::EXIT => Event::Exit(meta(&read::<ExitEvent>(b)?.hdr)),
             kind::CONNECT => {
                 let e: ConnectEvent = read(b)?;
-                let ip = if e.family == libc::AF_INET6 as u16 {
-                    let v6 = Ipv6Addr::from(e.daddr);
-                    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(
-                        e.daddr[0], e.daddr[1], e.daddr[2], e.daddr[3],
-                    ))
-                };
                 Event::Connect(Connect {
                     meta: meta(&e.hdr),
                     fd: e.fd,
-                    peer: SocketAddr::new(ip, e.dport),
+                    peer: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
                     transport: if e.proto == PROTO_TCP {
                         Transport::Tcp
                     } else {
@@ -174,8 +181,8 @@ impl TryFrom<&[u8]> for Event {
                 let len = (e.len as usize).min(e.data.len());
                 Event::Payload(Payload {
                     meta: meta(&e.hdr),
-                    fd: e.fd,
-                    syscall: e.syscall,
+                    cookie: e.cookie,
+                    peer: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
                     offset: e.offset,
                     total: e.total,
                     data: e.data[..len].to_vec(),

@@ -6,7 +6,8 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        PerfEvent, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, PerfEvent, RawTracePoint,
+        TracePoint,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -25,6 +26,10 @@ pub enum Attach {
     RawTracePoint {
         name: &'static str,
     },
+    /// cgroup/connect4|6 (from the program's section) on the root of the cgroup v2 tree.
+    CgroupConnect,
+    /// cgroup_skb/egress on the root of the cgroup v2 tree.
+    CgroupEgress,
     /// cpu-clock perf events, one per online CPU.
     CpuClock,
     /// Hardware perf events, one per online CPU, sampled every `HW_SAMPLE_PERIOD`.
@@ -109,38 +114,24 @@ pub const HOOKS: &[Hook] = &[
         optional: false,
     },
     Hook {
-        program: "net_close",
-        attach: tp("syscalls", "sys_enter_close"),
-        purpose: "forgetting closed sockets",
-        lost: "nothing visible: a reused descriptor may be captured by mistake",
+        program: "net_sock_connect4",
+        attach: Attach::CgroupConnect,
+        purpose: "registering new IPv4 TCP sockets for first-bytes capture",
+        lost: "Stratum detection on new IPv4 connections",
         optional: false,
     },
     Hook {
-        program: "net_write",
-        attach: tp("syscalls", "sys_enter_write"),
-        purpose: "first bytes sent with write()",
-        lost: "Stratum detection for clients that use write()",
+        program: "net_sock_connect6",
+        attach: Attach::CgroupConnect,
+        purpose: "registering new IPv6 TCP sockets for first-bytes capture",
+        lost: "Stratum detection on new IPv6 connections",
         optional: false,
     },
     Hook {
-        program: "net_sendto",
-        attach: tp("syscalls", "sys_enter_sendto"),
-        purpose: "first bytes sent with send()/sendto()",
-        lost: "Stratum detection for clients that use send()/sendto()",
-        optional: false,
-    },
-    Hook {
-        program: "net_sendmsg",
-        attach: tp("syscalls", "sys_enter_sendmsg"),
-        purpose: "first bytes sent with sendmsg()",
-        lost: "Stratum detection for clients that use sendmsg()",
-        optional: false,
-    },
-    Hook {
-        program: "net_writev",
-        attach: tp("syscalls", "sys_enter_writev"),
-        purpose: "first bytes sent with writev()",
-        lost: "Stratum detection for clients that use writev() (XMRig/libuv does)",
+        program: "net_egress",
+        attach: Attach::CgroupEgress,
+        purpose: "first bytes of watched TCP connections, from their packets",
+        lost: "all Stratum detection",
         optional: false,
     },
     Hook {
@@ -206,6 +197,16 @@ pub fn btf_offsets() -> Result<Offsets, crate::btf::BtfError> {
 
 /// The eBPF object, built by build.rs for exactly this ABI.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/minerwatch"));
+
+/// Where the cgroup v2 tree is mounted (`/sys/fs/cgroup` on unified systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones). Every process is somewhere in it.
+pub fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    })
+}
 
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
@@ -285,6 +286,19 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
     let attach_point = match hook.attach {
         Attach::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
         Attach::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
+        Attach::CgroupConnect => format!(
+            "cgroup/{}@{}",
+            if hook.program.ends_with('6') {
+                "connect6"
+            } else {
+                "connect4"
+            },
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
+        Attach::CgroupEgress => format!(
+            "cgroup_skb/egress@{}",
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
         Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
         Attach::Hardware(e) => format!("perf_event/hardware/{e:?}"),
     };
@@ -324,6 +338,23 @@ fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String
             let p: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
             p.load().map_err(|e| chain(&e))?;
             p.attach(name).map_err(|e| chain(&e))?;
+        }
+        Attach::CgroupConnect | Attach::CgroupEgress => {
+            let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
+            let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
+            // aya attaches through a BPF link, which coexists with other programs on the same
+            // cgroup (systemd's among them) and must be created without attach flags.
+            if let Attach::CgroupEgress = hook.attach {
+                let p: &mut CgroupSkb = prog.try_into().map_err(|e| chain(&e))?;
+                p.load().map_err(|e| chain(&e))?;
+                p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                    .map_err(|e| chain(&e))?;
+            } else {
+                let p: &mut CgroupSockAddr = prog.try_into().map_err(|e| chain(&e))?;
+                p.load().map_err(|e| chain(&e))?;
+                p.attach(dir, CgroupAttachMode::Single)
+                    .map_err(|e| chain(&e))?;
+            }
         }
         Attach::CpuClock | Attach::Hardware(_) => {
             let (config, policy) = match hook.attach {

@@ -282,6 +282,44 @@ pub fn open_tcp_connections(proc_root: &Path) -> Vec<OpenConnection> {
     out
 }
 
+/// The cookie of socket `fd` of process `pid`, read through a duplicate of the descriptor
+/// (`pidfd_getfd`, Linux 5.6+, needs ptrace rights over `pid`: root has them).
+pub fn socket_cookie(pid: u32, fd: u32) -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain syscalls; every returned fd is owned (and closed) below.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0);
+        if pidfd < 0 {
+            return Err(last());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd(),
+            fd as libc::c_int,
+            0,
+        );
+        if dup < 0 {
+            return Err(last());
+        }
+        let dup = OwnedFd::from_raw_fd(dup as i32);
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            dup.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        if r < 0 {
+            return Err(last());
+        }
+        Ok(cookie)
+    }
+}
+
 /// uid -> user name, from /etc/passwd, cached.
 #[derive(Default)]
 pub struct Users {

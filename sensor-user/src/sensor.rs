@@ -11,7 +11,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use hashbrown::HashMap;
-use sensor_common::{WATCH_BYTES, WATCH_SENDS, WatchState, map, stat, watch_key};
+use sensor_common::{WATCH_BYTES, WATCH_SENDS, WatchState, map, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -67,7 +67,8 @@ struct State {
     users: Users,
     engine: Engine,
     /// tgid -> fd -> stream.
-    streams: HashMap<u32, HashMap<i32, Stream>>,
+    /// tgid -> socket cookie -> stream.
+    streams: HashMap<u32, HashMap<u64, Stream>>,
     cpu_prev: HashMap<u32, u64>,
     cpu_trackers: HashMap<u32, Tracker>,
     /// Hardware sample totals per tgid last time (cycles, instructions) and the IPC since.
@@ -215,14 +216,6 @@ impl State {
         if !c.ok() || c.transport != Transport::Tcp {
             return Ok(());
         }
-        let s = self.streams.entry(c.meta.tgid).or_default();
-        s.insert(
-            c.fd,
-            Stream {
-                peer: Some(c.peer),
-                ..Default::default()
-            },
-        );
         if self.cfg.miner_ports.contains(&c.peer.port()) {
             self.raise(
                 c.meta.tgid,
@@ -239,8 +232,9 @@ impl State {
             .streams
             .entry(p.meta.tgid)
             .or_default()
-            .entry(p.fd)
+            .entry(p.cookie)
             .or_default();
+        stream.peer.get_or_insert(p.peer);
         if stream.decided {
             return Ok(());
         }
@@ -251,8 +245,8 @@ impl State {
         }
         stream.buf.extend_from_slice(&p.data);
         stream.sends += 1;
-        // A send longer than its capture means the bytes that follow are mid-message: what we
-        // hold now is all the classifier will get.
+        // A packet longer than its capture means the bytes that follow are mid-message: what
+        // we hold now is all the classifier will get.
         let truncated = (p.total as usize) > p.data.len();
         let complete =
             truncated || stream.buf.len() >= WATCH_BYTES as usize || stream.sends >= WATCH_SENDS;
@@ -538,24 +532,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     // Bootstrap after attaching, so nothing starts unseen between the scan and the hooks.
     let procs = ProcTable::bootstrap(Path::new("/proc"));
     let me = std::process::id();
-    let mut streams: HashMap<u32, HashMap<i32, Stream>> = HashMap::new();
+    let mut streams: HashMap<u32, HashMap<u64, Stream>> = HashMap::new();
     let mut watched = 0;
     for c in proctable::open_tcp_connections(Path::new("/proc")) {
         if c.pid == me {
             continue;
         }
-        if watch
-            .insert(watch_key(c.pid, c.fd), WatchState::default(), 0)
-            .is_ok()
-        {
+        // The socket's cookie, which its packets carry, through a duplicate of the holder's fd.
+        let cookie = match proctable::socket_cookie(c.pid, c.fd) {
+            Ok(cookie) => cookie,
+            Err(e) => {
+                tracing::debug!(pid = c.pid, fd = c.fd, reason = %e, "cannot watch existing connection");
+                continue;
+            }
+        };
+        let st = WatchState {
+            tgid: c.pid,
+            ..WatchState::default()
+        };
+        if watch.insert(cookie, st, 0).is_ok() {
             watched += 1;
-            streams.entry(c.pid).or_default().insert(
-                c.fd as i32,
-                Stream {
-                    peer: Some(c.peer),
-                    ..Default::default()
-                },
-            );
+            let stream = Stream {
+                peer: Some(c.peer),
+                ..Default::default()
+            };
+            streams.entry(c.pid).or_default().insert(cookie, stream);
         }
     }
     let (hooks_attached, hooks_missing) = ReadyRecord::hooks(&loaded.hooks);
