@@ -66,7 +66,6 @@ struct State {
     procs: ProcTable,
     users: Users,
     engine: Engine,
-    /// tgid -> fd -> stream.
     /// tgid -> socket cookie -> stream.
     streams: HashMap<u32, HashMap<u64, Stream>>,
     cpu_prev: HashMap<u32, u64>,
@@ -280,7 +279,8 @@ impl State {
         now_ns: u64,
     ) -> std::io::Result<()> {
         let hz = self.cfg.cpu_sample_hz as f64;
-        let seen = sum_per_cpu(&maps.samples);
+        // Prune exited processes first: summed afterwards, they would be tracked (and kept in
+        // `cpu_prev`/`hw_prev`) again after their exit had forgotten them, for good.
         for tgid in self.exited.drain(..) {
             let _ = maps.samples.remove(&tgid);
             if let Some(m) = maps.hw_cycles.as_mut() {
@@ -290,6 +290,7 @@ impl State {
                 let _ = m.remove(&tgid);
             }
         }
+        let seen = sum_per_cpu(&maps.samples);
         if let (Some(cyc), Some(ins)) = (&maps.hw_cycles, &maps.hw_insns) {
             let (cyc, ins) = (sum_per_cpu(cyc), sum_per_cpu(ins));
             for (&tgid, &c) in &cyc {
@@ -389,7 +390,11 @@ impl State {
         };
         tracing::debug!(pid, severity = ?rec.severity, "alert");
         match self.pending.iter_mut().find(|r| r.pid == pid) {
-            Some(slot) => *slot = rec,
+            // A later finding without a peer must not drop the one the pending alert has.
+            Some(slot) => {
+                let connection = rec.connection.or(slot.connection);
+                *slot = AlertRecord { connection, ..rec };
+            }
             None => self.pending.push(rec),
         }
         Ok(())
