@@ -7,6 +7,10 @@ use std::{
 
 /// Used when `--config` is not given and this file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/minerwatch/minerwatch.toml";
+/// The local gRPC API (`minerwatch events` talks to it).
+pub const DEFAULT_SOCKET: &str = "/run/minerwatch/minerwatch.sock";
+/// Where events wait for collectors, across restarts.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/minerwatch/spool";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +40,18 @@ pub struct FileConfig {
     pub node: Option<String>,
     pub events: Option<bool>,
     pub bpf_stats: Option<bool>,
+    /// Unix socket of the local gRPC API; `""` turns it off.
+    pub socket: Option<String>,
+    /// Also serve the gRPC API on this TCP address, with mutual TLS.
+    pub listen: Option<String>,
+    pub tls_ca: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// Collectors to push every event to: `http://host:port` or `https://host:port` (mTLS).
+    pub collectors: Option<Vec<String>>,
+    pub spool_dir: Option<String>,
+    pub spool_max_mb: Option<u64>,
+    pub heartbeat_interval: Option<u64>,
 }
 
 impl FileConfig {
@@ -69,6 +85,15 @@ impl FileConfig {
             node: over.node.or(self.node),
             events: over.events.or(self.events),
             bpf_stats: over.bpf_stats.or(self.bpf_stats),
+            socket: over.socket.or(self.socket),
+            listen: over.listen.or(self.listen),
+            tls_ca: over.tls_ca.or(self.tls_ca),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            collectors: over.collectors.or(self.collectors),
+            spool_dir: over.spool_dir.or(self.spool_dir),
+            spool_max_mb: over.spool_max_mb.or(self.spool_max_mb),
+            heartbeat_interval: over.heartbeat_interval.or(self.heartbeat_interval),
         }
     }
 }
@@ -110,6 +135,14 @@ pub struct Config {
     pub events: bool,
     /// Turn on kernel BPF run-time statistics and report each hook's cost in `stats`.
     pub bpf_stats: bool,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+    /// Mutual TLS for `listen` and for `https://` collectors.
+    pub tls: Option<minerwatch_proto::transport::TlsFiles>,
+    pub collectors: Vec<String>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub heartbeat_interval: Duration,
 }
 
 impl Config {
@@ -153,6 +186,66 @@ impl Config {
             Some(n) if !n.trim().is_empty() => n,
             _ => hostname(),
         };
+        let tls = match (f.tls_ca, f.tls_cert, f.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(minerwatch_proto::transport::TlsFiles {
+                ca: ca.into(),
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "tls_ca",
+                    reason: "tls_ca, tls_cert and tls_key go together: give all three or none"
+                        .into(),
+                });
+            }
+        };
+        let listen = match f.listen.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|_| ConfigError::Invalid {
+                field: "listen",
+                reason: format!("`{a}` is not an address like 0.0.0.0:50052"),
+            })?),
+        };
+        if listen.is_some() && tls.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                reason:
+                    "the TCP API is served with mutual TLS only: set tls_ca, tls_cert and tls_key"
+                        .into(),
+            });
+        }
+        let collectors = f.collectors.unwrap_or_default();
+        for url in &collectors {
+            let https = url.starts_with("https://");
+            if !https && !url.starts_with("http://") {
+                return Err(ConfigError::Invalid {
+                    field: "collector",
+                    reason: format!("`{url}` must start with http:// or https://"),
+                });
+            }
+            if https && tls.is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "collector",
+                    reason: format!("`{url}` is https: set tls_ca, tls_cert and tls_key"),
+                });
+            }
+        }
+        let spool_mb = f.spool_max_mb.unwrap_or(256);
+        if !(16..=1 << 20).contains(&spool_mb) {
+            return Err(ConfigError::Invalid {
+                field: "spool_max_mb",
+                reason: format!("{spool_mb} is outside 16..=1048576"),
+            });
+        }
+        let heartbeat = f.heartbeat_interval.unwrap_or(10);
+        if !(1..=3600).contains(&heartbeat) {
+            return Err(ConfigError::Invalid {
+                field: "heartbeat_interval",
+                reason: format!("{heartbeat} s is outside 1..=3600"),
+            });
+        }
         Ok(Config {
             jsonl,
             saturation_window: Duration::from_secs(window),
@@ -167,6 +260,17 @@ impl Config {
             node,
             events: f.events.unwrap_or(false),
             bpf_stats: f.bpf_stats.unwrap_or(false),
+            socket: match f.socket.as_deref() {
+                None => Some(PathBuf::from(DEFAULT_SOCKET)),
+                Some("") => None,
+                Some(p) => Some(PathBuf::from(p)),
+            },
+            listen,
+            tls,
+            collectors,
+            spool_dir: PathBuf::from(f.spool_dir.as_deref().unwrap_or(DEFAULT_SPOOL_DIR)),
+            spool_max_bytes: spool_mb << 20,
+            heartbeat_interval: Duration::from_secs(heartbeat),
         })
     }
 }
@@ -223,6 +327,13 @@ mod tests {
             ("saturation_threshold = -1.0", "saturation_threshold"),
             ("cpu_sample_hz = 100000", "cpu_sample_hz"),
             ("min_severity = \"severe\"", "min_severity"),
+            ("collectors = [\"collector:50051\"]", "collector"),
+            ("collectors = [\"https://c:50051\"]", "collector"),
+            ("tls_ca = \"/ca.pem\"", "tls_ca"),
+            ("listen = \"0.0.0.0:50052\"", "listen"),
+            ("listen = \"everywhere\"", "listen"),
+            ("spool_max_mb = 1", "spool_max_mb"),
+            ("heartbeat_interval = 0", "heartbeat_interval"),
         ] {
             let e = Config::from_file_config(parse(t).unwrap()).unwrap_err();
             assert!(

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: kernel hooks -> ring buffer -> [`events`] (decode) -> [`proctable`]
 //! (enrich) -> [`stratum`] and [`detect`] (pure verdicts) -> [`output`]. See ARCHITECTURE.md.
+pub mod api;
 pub mod btf;
 pub mod check;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod loader;
 pub mod output;
 pub mod proctable;
+pub mod push;
 pub mod sensor;
 pub mod stratum;
 

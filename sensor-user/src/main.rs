@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use minerwatch::config::{Config, DEFAULT_CONFIG_PATH, FileConfig};
+use minerwatch::config::{Config, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET, FileConfig};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,55 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the local sensor's events: alerts and findings by default, newest last.
+    Events(EventsArgs),
+    /// Show the local sensor's status: hooks, counters, collectors.
+    Status {
+        /// The sensor's API socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// The sensor's API socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Keep printing new events as they happen.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many recent events to print first [default: 100, or 0 with --follow].
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Only these kinds (repeatable): exec, exit, connect, stratum, saturation, alert, loss,
+    /// status, heartbeat.
+    #[arg(long, value_name = "KIND")]
+    kind: Vec<String>,
+    /// Every kind, including each exec, exit and connect.
+    #[arg(long)]
+    all: bool,
+    /// Only alerts of at least this severity.
+    #[arg(long, value_name = "SEVERITY")]
+    min_severity: Option<String>,
+    /// Only events about this process (repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Only processes whose executable matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    exe: Option<String>,
+    /// Only processes of this user (repeatable).
+    #[arg(long)]
+    user: Vec<String>,
+    /// Only processes in this Slurm job (repeatable).
+    #[arg(long)]
+    job: Vec<u64>,
 }
 
 #[derive(Args)]
@@ -63,6 +112,34 @@ struct RunArgs {
     /// Measure each hook's in-kernel cost (kernel BPF statistics) and report it in `stats`.
     #[arg(long)]
     bpf_stats: bool,
+    /// Unix socket for the gRPC API, `""` for none [default: /run/minerwatch/minerwatch.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+    /// Also serve the gRPC API on this TCP address, with mutual TLS (needs --tls-*).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Push every event to this collector, http://host:port or https://host:port (mTLS);
+    /// repeatable.
+    #[arg(long = "collector", value_name = "URL")]
+    collectors: Vec<String>,
+    /// Where events wait for collectors, across restarts [default: /var/lib/minerwatch/spool].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<String>,
+    /// Most the spool may hold; past it the oldest events go, recorded as a loss [default: 256].
+    #[arg(long, value_name = "MIB")]
+    spool_max_mb: Option<u64>,
+    /// Seconds between heartbeats to collectors [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    heartbeat_interval: Option<u64>,
+    /// CA certificate (PEM) that signs the other side, for mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<String>,
+    /// This sensor's certificate (PEM).
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<String>,
+    /// This sensor's private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<String>,
 }
 
 impl RunArgs {
@@ -86,6 +163,15 @@ impl RunArgs {
             node: self.node.clone(),
             events: self.events.then_some(true),
             bpf_stats: self.bpf_stats.then_some(true),
+            socket: self.socket.clone(),
+            listen: self.listen.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            collectors: (!self.collectors.is_empty()).then(|| self.collectors.clone()),
+            spool_dir: self.spool_dir.clone(),
+            spool_max_mb: self.spool_max_mb,
+            heartbeat_interval: self.heartbeat_interval,
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }
@@ -94,7 +180,10 @@ impl RunArgs {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = args.config().context("cannot start")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: the sensor task drains the ring on one while the API and collector
+    // pushes run beside it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start: tokio runtime")?;
@@ -115,9 +204,28 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Runs a client command; errors are one line on stderr.
+fn client_cmd(
+    fut: impl std::future::Future<Output = Result<(), minerwatch::api::client::ClientError>>,
+) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(fut).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("minerwatch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MINERWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -132,6 +240,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Events(a) => client_cmd(minerwatch::api::client::events(
+            minerwatch::api::client::EventsQuery {
+                socket: a.socket,
+                follow: a.follow,
+                backlog: a.backlog,
+                json: a.json,
+                kinds: a.kind,
+                all: a.all,
+                min_severity: a.min_severity,
+                pids: a.pid,
+                exe: a.exe,
+                users: a.user,
+                jobs: a.job,
+            },
+        )),
+        Cmd::Status { socket, json } => {
+            client_cmd(async move { minerwatch::api::client::status(&socket, json).await })
+        }
         Cmd::Check { json } => {
             let report = minerwatch::check::run(99);
             if json {

@@ -55,6 +55,11 @@ pub struct AlertRecord {
     pub first_seen: String,
     /// The process was running before the sensor started.
     pub preexisting: bool,
+    /// `ts` and `first_seen` as times, for the event stream.
+    #[serde(skip)]
+    pub at: SystemTime,
+    #[serde(skip)]
+    pub first_seen_at: SystemTime,
 }
 
 impl AlertRecord {
@@ -409,6 +414,8 @@ mod tests {
             }],
             first_seen: "2026-11-24T14:15:50.095Z".into(),
             preexisting: false,
+            at: SystemTime::UNIX_EPOCH,
+            first_seen_at: SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -34,6 +34,17 @@ pub fn slurm_job(cgroup: &str) -> Option<u64> {
         .find_map(|seg| seg.strip_prefix("job_")?.parse().ok())
 }
 
+/// Container id from a cgroup path: the 64-hex id that Docker (`docker-<id>.scope`,
+/// `/docker/<id>`), containerd (`cri-containerd-<id>.scope`) and Podman (`libpod-<id>.scope`)
+/// put in it.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.split('/').rev().find_map(|seg| {
+        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+        let id = seg.rsplit('-').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
 /// Picks the cgroup to report from `/proc/<pid>/cgroup`: a Slurm job path if any hierarchy
 /// has one, else the v2 (`0::`) path.
 pub fn parse_cgroup_file(text: &str) -> String {
@@ -348,6 +359,24 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_from_common_runtimes() {
+        let id = "a".repeat(64);
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id.as_str()), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
+        assert_eq!(container_id("/slurm/uid_1000/job_42/step_0"), None);
+    }
 
     #[test]
     fn slurm_jobs_from_cgroup_paths() {

@@ -15,6 +15,7 @@ use sensor_common::{WATCH_BYTES, WATCH_SENDS, WatchState, map, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    api::{self, LossKind, Publisher, StatusReport, convert},
     config::Config,
     detect::{
         Engine, Finding, indicators,
@@ -41,6 +42,12 @@ pub enum RunError {
     },
     #[error("output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Spool(#[from] crate::push::spool::SpoolError),
+    #[error(transparent)]
+    Collector(#[from] crate::push::client::PushError),
 }
 
 /// Bytes a client sent on one connection, until the classifier decides.
@@ -82,8 +89,20 @@ struct State {
     /// Revisions of each live process's alert written so far: the `update` field.
     revisions: HashMap<u32, u32>,
     out: Outputs,
+    /// The event stream: `GetEvents` clients and the collector spool.
+    api: Publisher,
+    /// Loss counters as last reported in the stream.
+    reported: Reported,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     wall_offset_ns: i128,
+}
+
+/// Loss counters already told to the stream as loss records.
+#[derive(Debug, Default)]
+struct Reported {
+    kernel_drops: u64,
+    payload_gaps: u64,
+    decode_errors: u64,
 }
 
 fn monotonic_ns() -> u64 {
@@ -116,6 +135,10 @@ impl State {
                 Ok(())
             }
             Event::Exit(m) => {
+                if self.api.wants_activity() {
+                    let body = convert::exit(m.tgid, self.procs.get(m.tgid));
+                    self.api.emit(self.wall(m.ktime_ns), body, false);
+                }
                 if self.cfg.events {
                     self.out.activity(&ActivityRecord::new(
                         "exit",
@@ -179,6 +202,10 @@ impl State {
             preexisting: false,
         };
         let findings = shape_findings(&p);
+        if self.api.wants_activity() {
+            let body = convert::exec(&p, self.users.name(p.uid));
+            self.api.emit(self.wall(e.meta.ktime_ns), body, false);
+        }
         if self.cfg.events {
             self.out.activity(&ActivityRecord {
                 ppid: Some(p.ppid),
@@ -199,6 +226,10 @@ impl State {
     }
 
     fn on_connect(&mut self, c: Connect) -> std::io::Result<()> {
+        if self.api.wants_activity() {
+            let body = convert::connect(c.meta.tgid, c.peer, c.transport, c.ret, c.fd);
+            self.api.emit(self.wall(c.meta.ktime_ns), body, false);
+        }
         if self.cfg.events {
             self.out.activity(&ActivityRecord {
                 fd: Some(c.fd),
@@ -261,6 +292,9 @@ impl State {
             Verdict::Stratum(call) => {
                 stream.decided = true;
                 stream.buf = Vec::new();
+                let body = convert::stratum(p.meta.tgid, &call, peer);
+                let at = self.wall(p.meta.ktime_ns);
+                self.api.emit(at, body, true);
                 self.raise(
                     p.meta.tgid,
                     p.meta.ktime_ns,
@@ -328,6 +362,9 @@ impl State {
         });
         for (tgid, s) in findings {
             let in_job = self.procs.get(tgid).is_some_and(|p| p.job.is_some());
+            let ipc = self.ipc.get(&tgid).copied();
+            let body = convert::saturation(tgid, s.share, s.secs, in_job, ipc);
+            self.api.emit(SystemTime::now(), body, true);
             let f = Finding::CpuSaturation {
                 share: s.share,
                 secs: s.secs,
@@ -387,6 +424,8 @@ impl State {
             parents,
             first_seen: rfc3339(self.wall(alert.first_seen_ns)),
             preexisting: p.preexisting,
+            at: self.wall(alert.last_seen_ns),
+            first_seen_at: self.wall(alert.first_seen_ns),
         };
         tracing::debug!(pid, severity = ?rec.severity, "alert");
         match self.pending.iter_mut().find(|r| r.pid == pid) {
@@ -408,8 +447,49 @@ impl State {
             *n += 1;
             self.counters.alerts += 1;
             self.out.alert(&rec)?;
+            self.api.emit(rec.at, convert::alert(&rec), true);
         }
+        self.api.flush();
         self.out.flush()
+    }
+
+    /// Tells the stream what was lost since the last call: kernel ring-buffer drops, payload
+    /// gaps, undecodable records.
+    fn report_losses(&mut self, stats: &PerCpuArray<MapData, u64>) {
+        let drops: u64 = stat::NAMES
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.starts_with("ringbuf_full_"))
+            .map(|(i, _)| {
+                stats
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0)
+            })
+            .sum();
+        let checks = [
+            (LossKind::KernelRing, drops, self.reported.kernel_drops),
+            (
+                LossKind::PayloadGap,
+                self.counters.payload_gaps,
+                self.reported.payload_gaps,
+            ),
+            (
+                LossKind::Decode,
+                self.counters.decode_errors,
+                self.reported.decode_errors,
+            ),
+        ];
+        for (kind, now, before) in checks {
+            if now > before {
+                self.api.loss(&kind, now - before, 0, 0);
+            }
+        }
+        self.reported = Reported {
+            kernel_drops: drops,
+            payload_gaps: self.counters.payload_gaps,
+            decode_errors: self.counters.decode_errors,
+        };
     }
 }
 
@@ -476,6 +556,54 @@ fn self_usage() -> (f64, u64, u64) {
 /// Runs the sensor until `shutdown` completes. Returns after writing the final records.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<(), RunError> {
     let started = Instant::now();
+    // Everything that can fail on bad settings or a busy socket fails before the hooks load.
+    let api_socket = match &cfg.socket {
+        Some(path) => Some((api::service::bind_unix(path).await?, path.clone())),
+        None => None,
+    };
+    let api_tcp = match cfg.listen {
+        Some(addr) => Some(api::service::bind_tcp(addr).await?),
+        None => None,
+    };
+    let mut endpoints = Vec::new();
+    for url in &cfg.collectors {
+        endpoints.push(crate::push::client::endpoint(url, cfg.tls.as_ref())?);
+    }
+    let (spool, readers) = if cfg.collectors.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (w, r) =
+            crate::push::spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &cfg.collectors)?;
+        (Some(w), r)
+    };
+    let (mut publisher, shared) = Publisher::new(api::node(&cfg.node), spool, cfg.collectors.len());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some((listener, path)) = api_socket {
+        let fut =
+            api::service::serve_unix(listener, path, shared.clone(), stopped(stop_rx.clone()));
+        tasks.spawn(fut);
+    }
+    if let (Some(listener), Some(tls)) = (api_tcp, cfg.tls.clone()) {
+        let fut = api::service::serve_tcp(listener, tls, shared.clone(), stopped(stop_rx.clone()));
+        tasks.spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(reason = %e, "sensor TCP API not served");
+            }
+        });
+    }
+    for ((reader, endpoint), status) in readers.into_iter().zip(endpoints).zip(&shared.collectors) {
+        let client = crate::push::client::Client::new(
+            reader.name().to_string(),
+            endpoint,
+            reader,
+            status.clone(),
+        );
+        tasks.spawn(client.run(stop_rx.clone()));
+    }
     let mut loaded = loader::load(cfg.cpu_sample_hz)?;
     // Kernel BPF run-time accounting, on while this fd lives; costs a clock read per run.
     let _bpf_stats = if cfg.bpf_stats {
@@ -565,6 +693,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         }
     }
     let (hooks_attached, hooks_missing) = ReadyRecord::hooks(&loaded.hooks);
+    publisher.set_hooks(&loaded.hooks);
     let mut st = State {
         users: Users::load(Path::new("/etc/passwd")),
         engine: Engine::new(),
@@ -578,6 +707,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         pending: Vec::new(),
         revisions: HashMap::new(),
         wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
+        api: publisher,
+        reported: Reported::default(),
         out,
         procs,
         cfg,
@@ -597,6 +728,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         connections_watched: watched,
         saturation_window_s: st.cfg.saturation_window.as_secs(),
     })?;
+    let report = st.status_report(&stats, started);
+    st.api.status(api::SensorState::Ready, report, "");
     for p in known.iter().filter(|p| p.pid != me) {
         for f in shape_findings(p) {
             st.raise(p.pid, now, &f, None)?;
@@ -629,6 +762,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         stats_every
     });
     stats_tick.tick().await;
+    let heartbeat_every = st.cfg.heartbeat_interval;
+    let mut heartbeat_tick = tokio::time::interval(heartbeat_every);
+    heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat_tick.tick().await;
     let mut last_cpu = Instant::now();
     tokio::pin!(shutdown);
     let reason = loop {
@@ -645,17 +782,41 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
                 st.on_cpu_tick(&mut cpu_maps, dt, monotonic_ns())?;
+                st.report_losses(&stats);
+                let report = st.status_report(&stats, started);
+                st.api.status(api::SensorState::Running, report, "");
                 st.flush()?;
+            }
+            _ = heartbeat_tick.tick() => {
+                st.api.heartbeat(heartbeat_every.as_secs() as u32);
+                st.api.flush();
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 let rec = st.stats_record(&stats, &loaded.ebpf, started);
                 st.out.stats(&rec)?;
                 st.out.flush()?;
+                st.api.status_event();
+                st.api.flush();
             }
         }
     };
     // What the kernel handed over before the signal is still delivered.
     st.drain(ring.get_mut())?;
+    st.report_losses(&stats);
+    let report = st.status_report(&stats, started);
+    st.api.status(api::SensorState::Stopping, report, &reason);
+    st.api.flush();
+    // Give collectors a moment to take the last events; what they do not take stays spooled
+    // and is sent after the next start.
+    let deadline = Instant::now() + STOP_GRACE;
+    while !st.api.all_acked() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     let rec = st.stats_record(&stats, &loaded.ebpf, started);
     st.out.stats(&rec)?;
     st.out.stop(&StopRecord {
@@ -681,6 +842,8 @@ where
 
 /// How often the ring is drained without a wake-up: the most an exec-only finding waits.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How long a stopping sensor waits for collectors to acknowledge its last events.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl State {
     /// Decodes and handles everything in the ring buffer now.
@@ -699,6 +862,33 @@ impl State {
             }
         }
         self.flush()
+    }
+
+    fn status_report(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatusReport {
+        let mut counters: BTreeMap<String, u64> = stat::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let v = stats
+                    .get(&(i as u32), 0)
+                    .map(|vals| vals.iter().sum())
+                    .unwrap_or(0);
+                (name.to_string(), v)
+            })
+            .collect();
+        counters.insert("events".into(), self.counters.events);
+        counters.insert("decode_errors".into(), self.counters.decode_errors);
+        counters.insert("payload_gaps".into(), self.counters.payload_gaps);
+        counters.insert("alerts".into(), self.counters.alerts);
+        counters.insert("spool_errors".into(), self.api.spool_errors);
+        let (cpu_seconds, rss_kb, _) = self_usage();
+        StatusReport {
+            uptime_s: started.elapsed().as_secs(),
+            counters,
+            processes: self.procs.len(),
+            cpu_seconds,
+            rss_kb,
+        }
     }
 
     fn stats_record(
