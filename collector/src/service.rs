@@ -88,7 +88,9 @@ impl CollectorService for Collector {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::warn!(%peer, code = ?status.code(), reason = status.message(), "push stream broken");
+                        // Oversized or malformed: the sender is told why, then the stream ends.
+                        tracing::warn!(%peer, code = ?status.code(), reason = status.message(), "push stream refused");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };

@@ -556,6 +556,11 @@ fn self_usage() -> (f64, u64, u64) {
 /// Runs the sensor until `shutdown` completes. Returns after writing the final records.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<(), RunError> {
     let started = Instant::now();
+    // SAFETY: no preconditions. Checked first: an unprivileged user is told the real reason,
+    // not that the socket directory is not writable.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(loader::LoadError::NotRoot.into());
+    }
     // Everything that can fail on bad settings or a busy socket fails before the hooks load.
     let api_socket = match &cfg.socket {
         Some(path) => Some((api::service::bind_unix(path).await?, path.clone())),
@@ -587,14 +592,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             api::service::serve_unix(listener, path, shared.clone(), stopped(stop_rx.clone()));
         tasks.spawn(fut);
     }
-    if let (Some(listener), Some(tls)) = (api_tcp, cfg.tls.clone()) {
-        let fut = api::service::serve_tcp(listener, tls, shared.clone(), stopped(stop_rx.clone()));
-        tasks.spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::error!(reason = %e, "sensor TCP API not served");
-            }
-        });
+    if let (Some(listener), Some(tls)) = (api_tcp, cfg.tls.as_ref()) {
+        let serve =
+            api::service::serve_tcp(listener, tls, shared.clone(), stopped(stop_rx.clone()))?;
+        tasks.spawn(serve);
     }
+
     for ((reader, endpoint), status) in readers.into_iter().zip(endpoints).zip(&shared.collectors) {
         let client = crate::push::client::Client::new(
             reader.name().to_string(),

@@ -92,10 +92,43 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback listener that accepts and holds connections, reading what is sent.
+pub fn listener(port: u16) -> (TcpListener, String) {
+    let l = TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    let addr = l.local_addr().unwrap().to_string();
+    let l2 = l.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for c in l2.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    line.clear();
+                }
+            });
+        }
+    });
+    (l, addr)
+}
+
+/// The collector binary, built beside the sensor.
+pub fn collector_bin() -> PathBuf {
+    let p = sensor_bin().with_file_name("minerwatch-collector");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
 /// The sensor under test, writing JSON lines to a file we read back.
 pub struct Sensor {
     child: Option<Child>,
     pub jsonl: PathBuf,
+    /// Its gRPC API socket (each test has its own).
+    pub socket: PathBuf,
     stderr: PathBuf,
     pub ready: Value,
 }
@@ -106,10 +139,13 @@ impl Sensor {
         let dir = scratch(name);
         let jsonl = dir.join("out.jsonl");
         let stderr = dir.join("stderr.txt");
+        let socket = dir.join("mw.sock");
         let child = Command::new(sensor_bin())
             .arg("run")
             .arg("--jsonl")
             .arg(&jsonl)
+            .arg("--socket")
+            .arg(&socket)
             .args(["--no-terminal", "--events"])
             .args(args)
             .stdin(Stdio::null())
@@ -120,6 +156,7 @@ impl Sensor {
         let mut s = Sensor {
             child: Some(child),
             jsonl,
+            socket,
             stderr,
             ready: Value::Null,
         };
@@ -179,6 +216,45 @@ impl Sensor {
             .into_iter()
             .filter(|r| r["kind"] == "alert" && r["pid"] == pid)
             .collect()
+    }
+
+    /// `minerwatch status --json` against this sensor.
+    pub fn status(&self) -> Value {
+        let out = Command::new(sensor_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until collector `i` has acknowledged every event the sensor numbered.
+    pub fn wait_delivered(&self, timeout: Duration) -> Value {
+        let end = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            let c = &st["collectors"][0];
+            if c["acked_seq"].as_u64().is_some() && c["acked_seq"] == st["last_seq"] {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "collector did not acknowledge everything within {timeout:?}: {st}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no stop record, nothing flushed that was not already.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends `signal`, waits for exit, returns the status and every record written.
@@ -426,4 +502,145 @@ fn sha256_file(p: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// `minerwatch-collector serve` under test, on loopback, with its own database and a
+/// JSON-lines sink. Killed when dropped.
+pub struct Collector {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub sink: PathBuf,
+    args: Vec<String>,
+}
+
+impl Collector {
+    /// Starts on `listen` (`127.0.0.1:0` for any free port) with `extra` flags.
+    pub fn start(name: &str, listen: &str, extra: &[&str]) -> Collector {
+        let dir = scratch(name);
+        let mut c = Collector {
+            child: None,
+            addr: String::new(),
+            db: dir.join("collector.db"),
+            sink: dir.join("alerts.jsonl"),
+            dir,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        c.spawn(listen);
+        c
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stderr.txt"))
+            .unwrap();
+        let mut child = Command::new(collector_bin())
+            .args(["serve", "--listen", listen, "--db"])
+            .arg(&self.db)
+            .arg("--jsonl-sink")
+            .arg(&self.sink)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start minerwatch-collector");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_else(|| panic!("collector did not start: {line:?} {}", self.stderr_text()));
+        self.addr = addr.to_string();
+        self.child = Some(child);
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same address and database.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr.clone();
+        self.spawn(&addr);
+    }
+
+    /// `minerwatch-collector <what> --json` on this database, one value per line.
+    pub fn query(&self, what: &[&str]) -> Vec<Value> {
+        let out = Command::new(collector_bin())
+            .args(what)
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "query {what:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls `query(what)` until a row matches or `timeout` passes.
+    pub fn wait_row(
+        &self,
+        what: &[&str],
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.query(what).into_iter().find(|r| pred(r)) {
+                return Some(r);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The JSON-lines sink's records.
+    pub fn sink_records(&self) -> Vec<Value> {
+        fs::read_to_string(&self.sink)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `n` short-lived processes (`/bin/true`) from one shell: an exec storm of 2n events.
+pub fn exec_storm(n: u32) -> Proc {
+    Proc::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+            ))
+            .stdin(Stdio::null()),
+    )
 }

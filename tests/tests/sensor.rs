@@ -6,12 +6,13 @@
 )]
 use std::{
     io::{BufRead, BufReader, Write},
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use minerwatch_tests::{Proc, Sensor, has_reason, root_or_skip, sensor_bin, severity_rank};
+use minerwatch_tests::{
+    Proc, Sensor, has_reason, listener, root_or_skip, sensor_bin, severity_rank,
+};
 use serde_json::Value;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
@@ -29,26 +30,6 @@ fn client(args: &[&str]) -> Command {
     let mut c = Command::new(CLIENT);
     c.args(args).stdin(Stdio::null());
     c
-}
-
-/// A loopback listener that accepts and holds connections, reading what is sent.
-fn listener(port: u16) -> (TcpListener, String) {
-    let l = TcpListener::bind(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
-    let addr = l.local_addr().unwrap().to_string();
-    let l2 = l.try_clone().unwrap();
-    std::thread::spawn(move || {
-        for c in l2.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(c);
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    line.clear();
-                }
-            });
-        }
-    });
-    (l, addr)
 }
 
 #[test]
@@ -364,6 +345,37 @@ fn cannot_start_gives_one_line_and_nonzero_exit() {
     bad(
         &["--config", "/nonexistent/minerwatch.toml"],
         "cannot read config /nonexistent/minerwatch.toml",
+    );
+    bad(
+        &["--collector", "collector.example:50051"],
+        "bad setting `collector`: `collector.example:50051` must start with http:// or https://",
+    );
+    bad(
+        &["--collector", "https://collector.example:50051"],
+        "set tls_ca, tls_cert and tls_key",
+    );
+    bad(
+        &["--listen", "0.0.0.0:50052"],
+        "the TCP API is served with mutual TLS only",
+    );
+    bad(
+        &["--tls-ca", "/etc/ssl/nonexistent-ca.pem"],
+        "tls_ca, tls_cert and tls_key go together",
+    );
+    bad(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--socket",
+            "",
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+            "--tls-cert",
+            "/nonexistent/n1.pem",
+            "--tls-key",
+            "/nonexistent/n1-key.pem",
+        ],
+        "cannot read CA certificate /nonexistent/ca.pem",
     );
     let dir = minerwatch_tests::scratch("badcfg");
     let cfg = dir.join("bad.toml");

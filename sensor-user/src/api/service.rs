@@ -193,23 +193,25 @@ pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListe
         })
 }
 
-pub async fn serve_tcp(
+/// Builds the TCP API with mutual TLS; certificate problems show here, at start-up.
+pub fn serve_tcp(
     listener: tokio::net::TcpListener,
-    tls: TlsFiles,
+    tls: &TlsFiles,
     shared: Shared,
-    stop: impl Future<Output = ()>,
-) -> Result<(), ApiError> {
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<impl Future<Output = ()> + Send + 'static, ApiError> {
     let tls = tls.server().map_err(|e| ApiError::Tls(e.to_string()))?;
-    let builder = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tls_config(tls)
-        .map_err(|e| ApiError::Tls(e.to_string()))?;
-    let r = builder
+        .map_err(|e| ApiError::Tls(e.to_string()))?
         .concurrency_limit_per_connection(32)
-        .add_service(server(&shared))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await;
-    if let Err(e) = r {
-        tracing::error!(reason = %e, "sensor TCP API stopped");
-    }
-    Ok(())
+        .add_service(server(&shared));
+    Ok(async move {
+        let r = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .await;
+        if let Err(e) = r {
+            tracing::error!(reason = %e, "sensor TCP API stopped");
+        }
+    })
 }
