@@ -64,6 +64,7 @@ pub fn alert_json(ev: &Event, received_ns: i64) -> serde_json::Value {
     let mut v = render::to_json(ev);
     if let Some(o) = v.as_object_mut() {
         o.insert("received".into(), render::rfc3339(received_ns).into());
+        o.insert("received_unix_nano".into(), received_ns.into());
     }
     v
 }

@@ -88,6 +88,7 @@ pub fn to_json(ev: &Event) -> Value {
         "kind": kind_name(ev.kind()),
         "seq": ev.seq,
         "ts": rfc3339(ev.time_unix_nano),
+        "time_unix_nano": ev.time_unix_nano,
         "node": node.host,
         "boot_id": node.boot_id,
         "sensor_version": node.sensor_version,

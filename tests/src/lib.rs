@@ -233,13 +233,18 @@ impl Sensor {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// Waits until collector `i` has acknowledged every event the sensor numbered.
+    /// Waits until the collector has acknowledged every event the sensor has numbered;
+    /// returns the status then (its `last_seq` may include the status calls themselves).
     pub fn wait_delivered(&self, timeout: Duration) -> Value {
         let end = Instant::now() + timeout;
+        // Fixed first: each status call is a process the sensor reports, after the reply.
+        let target = self.status()["last_seq"].as_u64().unwrap();
         loop {
             let st = self.status();
-            let c = &st["collectors"][0];
-            if c["acked_seq"].as_u64().is_some() && c["acked_seq"] == st["last_seq"] {
+            if st["collectors"][0]["acked_seq"]
+                .as_u64()
+                .is_some_and(|a| a >= target)
+            {
                 return st;
             }
             assert!(

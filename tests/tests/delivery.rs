@@ -200,7 +200,7 @@ fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     }
     storm.wait();
     let st = s.wait_delivered(Duration::from_secs(30));
-    let last = st["last_seq"].as_u64().unwrap();
+    let last = st["collectors"][0]["acked_seq"].as_u64().unwrap();
     assert!(last - first > 6000, "storm too small: {first}..{last}");
     let events = all_events(&c);
     let first_stored = events
@@ -245,7 +245,7 @@ fn sensor_restart_replays_its_spool() {
     let c = Collector::start("replay-collector", &format!("127.0.0.1:{port}"), &[]);
     let s = Sensor::start("replay-2", &args);
     let st = s.wait_delivered(Duration::from_secs(30));
-    let last = st["last_seq"].as_u64().unwrap();
+    let last = st["collectors"][0]["acked_seq"].as_u64().unwrap();
     assert!(
         last > first_run_last,
         "the sequence must continue across restarts"
@@ -270,7 +270,7 @@ fn sensor_restart_replays_its_spool() {
     }
     assert_eq!(cursors, 1);
     let s = Sensor::start("replay-3", &args);
-    let last = s.wait_delivered(Duration::from_secs(30))["last_seq"]
+    let last = s.wait_delivered(Duration::from_secs(30))["collectors"][0]["acked_seq"]
         .as_u64()
         .unwrap();
     let events = all_events(&c);
@@ -348,7 +348,7 @@ fn stuck_api_client_slows_neither_other_clients_nor_the_collector() {
     );
     // The collector got all of it too.
     let events = all_events(&c);
-    let last = st["last_seq"].as_u64().unwrap();
+    let last = st["collectors"][0]["acked_seq"].as_u64().unwrap();
     assert_exactly_once(&events, seqs[0], last.min(*seqs.last().unwrap()));
     // The stuck client, once it reads again, is told what it missed.
     let mut out = BufReader::new(stuck.0.stdout.take().unwrap());

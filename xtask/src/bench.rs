@@ -38,6 +38,8 @@ pub struct Sizes {
     pub rates: &'static [u64],
     pub rate_secs: f64,
     pub latency_runs: usize,
+    /// Connect events for each delivery measurement (backlog and live).
+    pub delivery_events: u64,
 }
 
 impl Sizes {
@@ -54,6 +56,7 @@ impl Sizes {
             rates: &[10_000, 25_000, 50_000, 100_000, 200_000],
             rate_secs: 3.0,
             latency_runs: 100,
+            delivery_events: 500_000,
         }
     }
 
@@ -70,6 +73,7 @@ impl Sizes {
             rates: &[10_000],
             rate_secs: 0.5,
             latency_runs: 5,
+            delivery_events: 20_000,
         }
     }
 }
@@ -131,6 +135,8 @@ impl SensorProc {
         let child = Command::new(bin)
             .args(["run", "--no-terminal", "--stats-interval", "0", "--jsonl"])
             .arg(jsonl)
+            .arg("--socket")
+            .arg(jsonl.with_extension("sock"))
             .args(extra)
             .stdin(Stdio::null())
             .spawn()
@@ -759,6 +765,8 @@ fn latency(s: &Sizes, ctx: &Ctx, client: &Path) -> Result<Vec<f64>> {
             "--jsonl",
             "-",
         ])
+        .arg("--socket")
+        .arg(ctx.out.join("latency.sock"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -965,18 +973,7 @@ fn svg(o: &Overhead, s: &Sizes) -> String {
 
 pub fn all(root: &Path, s: &Sizes) -> Result<()> {
     let ctx = Ctx::new(root)?;
-    step("building the benchmark client");
-    run(Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "minerwatch-tests",
-            "--bin",
-            "mw-client",
-        ])
-        .current_dir(root))?;
+    build_client(root)?;
     let client = root.join("target/release/mw-client");
 
     let idle = idle_and_storm(s, &ctx, root)?;
@@ -984,6 +981,7 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
     let rates = throughput(s, &ctx)?;
     let lat = latency(s, &ctx, &client)?;
     let bpf = bpf_costs(s, &ctx)?;
+    let delivered = crate::delivery::run(root, s.delivery_events, s.latency_runs)?;
 
     let mut md = String::new();
     let _ = writeln!(
@@ -1097,6 +1095,8 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
         }
     }
     print!("{md}");
+    md += "\n";
+    md += &crate::delivery::report(&delivered);
     std::fs::write(ctx.out.join("bench.md"), &md)?;
     std::fs::write(ctx.out.join("overhead.svg"), svg(&o, s))?;
     eprintln!(
@@ -1108,6 +1108,32 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
         bail!("events were dropped at or below 50,000/s");
     }
     Ok(())
+}
+
+/// Delivery to the collector only: throughput and alert latency.
+pub fn delivery(root: &Path, s: &Sizes) -> Result<()> {
+    build_client(root)?;
+    let d = crate::delivery::run(root, s.delivery_events, s.latency_runs)?;
+    let md = crate::delivery::report(&d);
+    print!("{md}");
+    std::fs::create_dir_all(root.join("results"))?;
+    std::fs::write(root.join("results/delivery.md"), &md)?;
+    Ok(())
+}
+
+fn build_client(root: &Path) -> Result<()> {
+    step("building the benchmark client");
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "minerwatch-tests",
+            "--bin",
+            "mw-client",
+        ])
+        .current_dir(root))
 }
 
 /// The older single-purpose bench: idle and a paced exec storm only.

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod delivery;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -54,6 +55,11 @@ enum BenchCmd {
     },
     /// Idle CPU and RSS, and CPU, RSS and drops in an exec storm paced at 5,000/s.
     Sensor {
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Events per second from one sensor to the collector, and alert delivery latency.
+    Delivery {
         #[arg(long)]
         smoke: bool,
     },
@@ -248,6 +254,7 @@ fn main() -> ExitCode {
             match what {
                 BenchCmd::All { smoke } => bench::all(&root(), &sizes(smoke)),
                 BenchCmd::Sensor { smoke } => bench::sensor(&root(), &sizes(smoke)),
+                BenchCmd::Delivery { smoke } => bench::delivery(&root(), &sizes(smoke)),
             }
         }),
         Cmd::Test { filter } => build().and_then(|()| {

@@ -10,7 +10,10 @@ pub mod service;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::SystemTime,
 };
 
@@ -77,6 +80,8 @@ pub struct Shared {
     pub node: Node,
     pub status: watch::Receiver<SensorStatus>,
     pub collectors: Vec<Arc<Mutex<CollectorStatus>>>,
+    /// The last sequence number given out, live (the status report is once a second).
+    pub last_seq: Arc<AtomicU64>,
 }
 
 pub use hub::Hub;
@@ -85,6 +90,7 @@ impl Shared {
     /// The status as `GetStatus` answers it: the sensor's last report and the collectors' now.
     pub fn status(&self) -> SensorStatus {
         let mut s = self.status.borrow().clone();
+        s.last_seq = self.last_seq.load(Ordering::Relaxed);
         s.collectors = self
             .collectors
             .iter()
@@ -98,6 +104,7 @@ impl Shared {
 pub struct Publisher {
     node: Node,
     last_seq: u64,
+    shared_seq: Arc<AtomicU64>,
     hub: Arc<Hub>,
     spool: Option<Writer>,
     status_tx: watch::Sender<SensorStatus>,
@@ -113,6 +120,7 @@ impl Publisher {
         let hub = Arc::new(Hub::default());
         let (status_tx, status_rx) = watch::channel(SensorStatus::default());
         let last_seq = spool.as_ref().map_or(0, |s| s.last_seq());
+        let shared_seq = Arc::new(AtomicU64::new(last_seq));
         let shared = Shared {
             hub: hub.clone(),
             node: node.clone(),
@@ -120,10 +128,12 @@ impl Publisher {
             collectors: (0..collectors)
                 .map(|_| Arc::new(Mutex::new(CollectorStatus::default())))
                 .collect(),
+            last_seq: shared_seq.clone(),
         };
         let p = Publisher {
             node,
             last_seq,
+            shared_seq,
             hub,
             spool,
             status_tx,
@@ -147,6 +157,7 @@ impl Publisher {
     /// Numbers `body` and hands it on. `rare` events are also kept for `backlog` requests.
     pub fn emit(&mut self, at: SystemTime, body: Body, rare: bool) {
         self.last_seq += 1;
+        self.shared_seq.store(self.last_seq, Ordering::Relaxed);
         let ev = Event {
             node: Some(self.node.clone()),
             seq: self.last_seq,

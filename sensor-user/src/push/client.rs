@@ -108,6 +108,8 @@ impl Client {
     /// Delivers until `stop` turns true.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = BACKOFF_MIN;
+        // Said once per outage, not once per retry.
+        let mut told = false;
         loop {
             let result = tokio::select! {
                 r = self.session(&mut backoff) => r,
@@ -117,7 +119,16 @@ impl Client {
                 Ok(()) => PushError::Closed,
                 Err(e) => e,
             };
-            tracing::warn!(collector = %self.url, reason = %err, retry_in = ?backoff, "collector push interrupted");
+            let connected = self.status.lock().is_ok_and(|s| s.connected);
+            if connected {
+                told = false;
+            }
+            if !told {
+                tracing::warn!(collector = %self.url, reason = %err, "collector unreachable: events are kept in the spool; retrying");
+                told = true;
+            } else {
+                tracing::debug!(collector = %self.url, reason = %err, retry_in = ?backoff, "collector retry failed");
+            }
             self.set(|s| {
                 s.connected = false;
                 s.last_error = err.to_string();
