@@ -225,9 +225,11 @@ fn install_bpf_linker() -> Result<()> {
 
 fn build() -> Result<()> {
     setup()?;
-    step("building minerwatch (release)");
+    // Every binary at once: the sensor, the collector and the test clients share one
+    // feature resolution, so the test run that follows rebuilds nothing.
+    step("building minerwatch and minerwatch-collector (release)");
     run(Command::new("cargo")
-        .args(["build", "--release", "--bin", "minerwatch"])
+        .args(["build", "--release", "--bins"])
         .current_dir(root()))
 }
 
