@@ -592,3 +592,70 @@ fn collector_alert(node: &Node, code: &str, severity: Severity, detail: String) 
     };
     (ev, a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minerwatch_proto::v1::Heartbeat;
+
+    fn ev(host: &str, boot: &str, seq: u64) -> Event {
+        Event {
+            node: Some(Node {
+                host: host.into(),
+                boot_id: boot.into(),
+                sensor_version: "0.1.0".into(),
+            }),
+            seq,
+            time_unix_nano: now_ns(),
+            body: Some(Body::Heartbeat(Heartbeat {
+                interval_seconds: 10,
+            })),
+        }
+    }
+
+    fn count(db: &Path) -> i64 {
+        open_read(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_row_per_node_boot_and_sequence() {
+        let dir = std::env::temp_dir().join(format!("mw-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("c.db");
+        let store = Store::open(
+            &db,
+            Settings {
+                silent_after: Duration::from_secs(3600),
+                retention: Duration::from_secs(86_400),
+            },
+            std::sync::Arc::new(Notify::new()),
+        )
+        .unwrap();
+        let batch = |host: &str, boot: &str| (1..=100).map(|s| ev(host, boot, s)).collect();
+        assert_eq!(
+            store.push(batch("n1", "b1"), "p".into()).await.unwrap(),
+            100
+        );
+        // The same batch again (a lost acknowledgement): acknowledged, stored once.
+        assert_eq!(
+            store.push(batch("n1", "b1"), "p".into()).await.unwrap(),
+            100
+        );
+        assert_eq!(count(&db), 100);
+        // Another node, and the same node after a reboot, reuse the numbers: all kept.
+        store.push(batch("n2", "b1"), "p".into()).await.unwrap();
+        store.push(batch("n1", "b2"), "p".into()).await.unwrap();
+        assert_eq!(count(&db), 300);
+        let dups: i64 = open_read(&db)
+            .unwrap()
+            .query_row("SELECT duplicates FROM nodes WHERE host = 'n1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(dups, 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

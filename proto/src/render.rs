@@ -29,6 +29,24 @@ pub fn printable(s: &str) -> String {
     out
 }
 
+/// A command line for a person: escaped, and cut at 200 bytes.
+pub fn argv_text(argv: &[String]) -> String {
+    let mut text = printable(&argv.join(" "));
+    if text.len() > 200 {
+        text.truncate(text.floor_char_boundary(200));
+        text += "…";
+    }
+    text
+}
+
+/// `bash(41850) <- sshd(41849) <- systemd(1)`.
+pub fn parent_chain<'a>(parents: impl Iterator<Item = (&'a str, u32)>) -> String {
+    parents
+        .map(|(comm, pid)| format!("{}({pid})", printable(comm)))
+        .collect::<Vec<_>>()
+        .join(" <- ")
+}
+
 fn opt_str(s: &str) -> Value {
     if s.is_empty() {
         Value::Null
@@ -240,20 +258,11 @@ pub fn to_text(ev: &Event) -> String {
                 s += &format!("    exe   {}\n", printable(&p.exe));
             }
             if !p.argv.is_empty() {
-                let mut argv = printable(&p.argv.join(" "));
-                if argv.len() > 200 {
-                    argv.truncate(argv.floor_char_boundary(200));
-                    argv += "…";
-                }
-                s += &format!("    argv  {argv}\n");
+                s += &format!("    argv  {}\n", argv_text(&p.argv));
             }
             if !p.parents.is_empty() {
-                let chain: Vec<String> = p
-                    .parents
-                    .iter()
-                    .map(|a| format!("{}({})", printable(&a.comm), a.pid))
-                    .collect();
-                s += &format!("    from  {}\n", chain.join(" <- "));
+                let chain = parent_chain(p.parents.iter().map(|a| (a.comm.as_str(), a.pid)));
+                s += &format!("    from  {chain}\n");
             }
             if !a.connection.is_empty() {
                 s += &format!("    peer  {}\n", a.connection);

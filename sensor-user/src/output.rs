@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use minerwatch_proto::render::printable;
+use minerwatch_proto::render::{argv_text, parent_chain};
+
 use crate::{
     config::JsonlTarget,
     detect::{Reason, Severity},
@@ -311,21 +314,6 @@ fn open_append(p: &Path) -> io::Result<std::fs::File> {
         })
 }
 
-/// Makes text from a process safe for a terminal: control characters (escape sequences,
-/// newlines, carriage returns) a hostile process put in its name or arguments are shown as
-/// `\xNN` instead of acting on the admin's terminal.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out += &format!("\\x{:02x}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A person's view of an alert: who, what, why, evidence.
 pub fn format_alert(a: &AlertRecord) -> String {
     let sev = a.severity.as_str().to_uppercase();
@@ -355,20 +343,11 @@ pub fn format_alert(a: &AlertRecord) -> String {
         }
     );
     if !a.argv.is_empty() {
-        let mut argv = printable(&a.argv.join(" "));
-        if argv.len() > 200 {
-            argv.truncate(argv.floor_char_boundary(200));
-            argv += "…";
-        }
-        s += &format!("    argv  {argv}\n");
+        s += &format!("    argv  {}\n", argv_text(&a.argv));
     }
     if !a.parents.is_empty() {
-        let chain: Vec<String> = a
-            .parents
-            .iter()
-            .map(|p| format!("{}({})", printable(&p.comm), p.pid))
-            .collect();
-        s += &format!("    from  {}\n", chain.join(" <- "));
+        let chain = parent_chain(a.parents.iter().map(|p| (p.comm.as_str(), p.pid)));
+        s += &format!("    from  {chain}\n");
     }
     if !a.cgroup.is_empty() {
         s += &format!("    cgroup {}\n", printable(&a.cgroup));

@@ -120,13 +120,55 @@ fn alert_reaches_collector_database_and_sink_plain() {
     if !root_or_skip("alert_reaches_collector_database_and_sink_plain") {
         return;
     }
-    let c = Collector::start("deliver-plain", "127.0.0.1:0", &[]);
+    // Syslog receivers on loopback, UDP and TCP, as a SIEM would run them.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let syslog_udp = format!("udp://{}", udp.local_addr().unwrap());
+    let syslog_tcp = format!("tcp://{}", tcp.local_addr().unwrap());
+    let c = Collector::start(
+        "deliver-plain",
+        "127.0.0.1:0",
+        &["--syslog", &syslog_udp, "--syslog", &syslog_tcp],
+    );
     let spool = scratch("deliver-plain-spool");
     let url = format!("http://{}", c.addr);
     alert_reaches_db_and_sink(
         &c,
         &["--collector", &url, "--spool-dir", spool.to_str().unwrap()],
     );
+    // RFC 5424 over UDP: one datagram per alert.
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while let Ok(n) = udp.recv(&mut buf) {
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        let stratum = msg.contains(" stratum_protocol [minerwatch@32473 ");
+        got.push(msg);
+        if stratum {
+            break;
+        }
+    }
+    let msg = got
+        .iter()
+        .find(|m| m.contains(" stratum_protocol "))
+        .unwrap_or_else(|| panic!("no Stratum alert over syslog UDP: {got:?}"));
+    assert!(msg.starts_with("<131>1 "), "{msg}");
+    // Over TCP with octet-counting framing: "<length> <message>".
+    let (mut conn, _) = tcp.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut text = String::new();
+    let mut chunk = [0u8; 65536];
+    while !text.contains(" stratum_protocol ") {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "syslog TCP closed: {text:?}");
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    let (len, rest) = text.split_once(' ').unwrap();
+    let len: usize = len
+        .parse()
+        .unwrap_or_else(|_| panic!("no octet count: {text:?}"));
+    assert!(rest.len() >= len && rest.starts_with('<'), "{text:?}");
 }
 
 #[test]

@@ -739,14 +739,10 @@ fn throughput(s: &Sizes, ctx: &Ctx) -> Result<Vec<Rate>> {
     Ok(out)
 }
 
-/// Milliseconds from a Stratum login leaving a client to its alert record, sorted.
-fn latency(s: &Sizes, ctx: &Ctx, client: &Path) -> Result<Vec<f64>> {
-    step(&format!(
-        "latency: {} Stratum logins, each from a new process",
-        s.latency_runs
-    ));
+/// A loopback listener that takes one read from each connection: where Stratum logins go.
+pub fn stand_in_pool() -> Result<String> {
     let pool = TcpListener::bind("127.0.0.1:0")?;
-    let pool_addr = pool.local_addr()?.to_string();
+    let addr = pool.local_addr()?.to_string();
     thread::spawn(move || {
         for c in pool.incoming().flatten() {
             thread::spawn(move || {
@@ -756,6 +752,16 @@ fn latency(s: &Sizes, ctx: &Ctx, client: &Path) -> Result<Vec<f64>> {
             });
         }
     });
+    Ok(addr)
+}
+
+/// Milliseconds from a Stratum login leaving a client to its alert record, sorted.
+fn latency(s: &Sizes, ctx: &Ctx, client: &Path) -> Result<Vec<f64>> {
+    step(&format!(
+        "latency: {} Stratum logins, each from a new process",
+        s.latency_runs
+    ));
+    let pool_addr = stand_in_pool()?;
     let mut sensor = Command::new(&ctx.bin)
         .args([
             "run",

@@ -225,17 +225,7 @@ pub fn run(root: &Path, events: u64, latency_runs: usize) -> Result<Delivery> {
 
     // Latency: alerts from Stratum logins, each from a new process.
     step(&format!("delivery: {latency_runs} alerts to the collector"));
-    let pool = TcpListener::bind("127.0.0.1:0")?;
-    let pool_addr = pool.local_addr()?.to_string();
-    thread::spawn(move || {
-        for c in pool.incoming().flatten() {
-            thread::spawn(move || {
-                let mut c = c;
-                let mut buf = [0u8; 4096];
-                let _ = std::io::Read::read(&mut c, &mut buf);
-            });
-        }
-    });
+    let pool_addr = crate::bench::stand_in_pool()?;
     for _ in 0..latency_runs {
         Command::new(&client)
             .args(["stratum", &pool_addr, "write"])
