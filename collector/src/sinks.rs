@@ -237,6 +237,15 @@ pub async fn run(sink: Sink, db: PathBuf, wake: Arc<Notify>) {
     let mut failing = false;
     loop {
         let notified = wake.notified();
+        // logrotate moved or removed the file: write to the new one at its path.
+        if let (Sink::Jsonl(path), Conn::File(f)) = (&sink, &conn)
+            && rotated(path, f)
+        {
+            match open_append(path) {
+                Ok(f) => conn = Conn::File(f),
+                Err(e) => tracing::warn!(sink = %name, reason = %e, "cannot reopen the sink"),
+            }
+        }
         match pending(&side, last) {
             Ok(rows) if !rows.is_empty() => {
                 let mut progressed = false;
@@ -294,6 +303,16 @@ async fn open(sink: &Sink) -> Result<Conn, SinkError> {
         }
         Sink::SyslogTcp(_) => Conn::Tcp(None),
     })
+}
+
+/// The file at `path` is no longer the one we hold open.
+fn rotated(path: &Path, f: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), f.metadata()) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino() || a.dev() != b.dev(),
+        (Err(_), _) => true,
+        _ => false,
+    }
 }
 
 pub fn open_append(p: &Path) -> std::io::Result<std::fs::File> {

@@ -180,10 +180,9 @@ impl RunArgs {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let cfg = args.config().context("cannot start")?;
-    // Two workers: the sensor task drains the ring on one while the API and collector
-    // pushes run beside it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the sensor task never blocks, so the API and the collector pushes fit
+    // between its drains, and an idle node pays for one thread, not a pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start: tokio runtime")?;

@@ -815,6 +815,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     while !st.api.all_acked() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    st.api.close_clients();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while tasks.join_next().await.is_some() {}

@@ -281,8 +281,26 @@ fn sensor_restart_replays_its_spool() {
     exec_storm(500).wait();
     std::thread::sleep(Duration::from_millis(300));
     let first_run_last = s.status()["last_seq"].as_u64().unwrap();
+    // A person following the events sees the stream end cleanly when the sensor stops.
+    let follower = Proc::spawn(
+        Command::new(sensor_bin())
+            .args(["events", "--follow", "--socket"])
+            .arg(&s.socket)
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
     let (status, _) = s.stop_with(libc::SIGTERM);
     assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "a follower held up the stop for {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        follower.wait().success(),
+        "the follower did not end cleanly"
+    );
     // The collector comes up; the sensor starts again from the same spool.
     let c = Collector::start("replay-collector", &format!("127.0.0.1:{port}"), &[]);
     let s = Sensor::start("replay-2", &args);
@@ -561,10 +579,24 @@ fn stopped_sensor_raises_sensor_silent() {
     );
     let nodes = c.query(&["nodes"]);
     assert_eq!(nodes[0]["state"], "SILENT", "{nodes:?}");
-    // It comes back: the SOC is told that too.
+    // The sink file is rotated away (logrotate); it comes back, and the SOC is told that in
+    // the new file.
+    std::fs::rename(&c.sink, c.sink.with_extension("1")).unwrap();
     let _s = Sensor::start("silent-sensor-2", &args);
     c.wait_row(&["alerts"], Duration::from_secs(10), |a| {
         has_reason(a, "sensor_resumed")
     })
     .expect("no sensor_resumed alert");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !c
+        .sink_records()
+        .iter()
+        .any(|a| has_reason(a, "sensor_resumed"))
+    {
+        assert!(
+            Instant::now() < end,
+            "sensor_resumed not in the new sink file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -95,6 +95,14 @@ impl Hub {
         }
     }
 
+    /// Ends every client's stream (after what is queued): the sensor is stopping.
+    pub fn close(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.clients.clear();
+        }
+        self.clients.store(0, Ordering::Relaxed);
+    }
+
     /// Registers a client. Its queue starts with up to `backlog` recent matching events, taken
     /// under the same lock as registration, so nothing falls between backlog and live events.
     pub fn subscribe(&self, filter: Filter, backlog: usize, follow: bool) -> Subscription {

@@ -257,6 +257,11 @@ impl Publisher {
         self.emit(SystemTime::now(), Body::Status(status), true);
     }
 
+    /// Ends the `GetEvents` streams once their queues are sent, so clients see a clean end.
+    pub fn close_clients(&self) {
+        self.hub.close();
+    }
+
     /// Every collector has acknowledged everything (true without collectors).
     pub fn all_acked(&self) -> bool {
         self.spool.as_ref().is_none_or(|s| s.all_acked())
