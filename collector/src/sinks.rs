@@ -290,16 +290,12 @@ async fn open(sink: &Sink) -> Result<Conn, SinkError> {
     Ok(match sink {
         Sink::Jsonl(p) => Conn::File(open_append(p)?),
         Sink::SyslogUdp(a) => {
-            let bind: SocketAddr = if a.is_ipv4() {
-                "0.0.0.0:0"
-                    .parse()
-                    .map_err(|_| SinkError::BadSyslog(a.to_string()))?
+            let any = if a.is_ipv4() {
+                std::net::IpAddr::from([0u8; 4])
             } else {
-                "[::]:0"
-                    .parse()
-                    .map_err(|_| SinkError::BadSyslog(a.to_string()))?
+                std::net::IpAddr::from([0u16; 8])
             };
-            Conn::Udp(tokio::net::UdpSocket::bind(bind).await?)
+            Conn::Udp(tokio::net::UdpSocket::bind((any, 0)).await?)
         }
         Sink::SyslogTcp(_) => Conn::Tcp(None),
     })

@@ -402,9 +402,13 @@ impl State {
             })
             .collect();
         let p = p.unwrap_or_else(|| Process::unknown(pid));
+        let (at, first_seen_at) = (
+            self.wall(alert.last_seen_ns),
+            self.wall(alert.first_seen_ns),
+        );
         let rec = AlertRecord {
             kind: "alert",
-            ts: rfc3339(self.wall(alert.last_seen_ns)),
+            ts: rfc3339(at),
             node: self.cfg.node.clone(),
             id: alert.id,
             update: alert.update,
@@ -422,10 +426,10 @@ impl State {
             job: p.job,
             connection,
             parents,
-            first_seen: rfc3339(self.wall(alert.first_seen_ns)),
+            first_seen: rfc3339(first_seen_at),
             preexisting: p.preexisting,
-            at: self.wall(alert.last_seen_ns),
-            first_seen_at: self.wall(alert.first_seen_ns),
+            at,
+            first_seen_at,
         };
         tracing::debug!(pid, severity = ?rec.severity, "alert");
         match self.pending.iter_mut().find(|r| r.pid == pid) {
@@ -453,19 +457,14 @@ impl State {
         self.out.flush()
     }
 
-    /// Tells the stream what was lost since the last call: kernel ring-buffer drops, payload
-    /// gaps, undecodable records.
-    fn report_losses(&mut self, stats: &PerCpuArray<MapData, u64>) {
-        let drops: u64 = stat::NAMES
+    /// Tells the stream what was lost since the last call: kernel ring-buffer drops (from
+    /// `kernel`, the counters as [`kernel_counters`] read them), payload gaps, undecodable
+    /// records.
+    fn report_losses(&mut self, kernel: &BTreeMap<&'static str, u64>) {
+        let drops: u64 = kernel
             .iter()
-            .enumerate()
-            .filter(|(_, n)| n.starts_with("ringbuf_full_"))
-            .map(|(i, _)| {
-                stats
-                    .get(&(i as u32), 0)
-                    .map(|v| v.iter().sum::<u64>())
-                    .unwrap_or(0)
-            })
+            .filter(|(n, _)| n.starts_with("ringbuf_full_"))
+            .map(|(_, v)| v)
             .sum();
         let checks = [
             (LossKind::KernelRing, drops, self.reported.kernel_drops),
@@ -731,7 +730,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         connections_watched: watched,
         saturation_window_s: st.cfg.saturation_window.as_secs(),
     })?;
-    let report = st.status_report(&stats, started);
+    let report = st.status_report(&kernel_counters(&stats), started);
     st.api.status(api::SensorState::Ready, report, "");
     for p in known.iter().filter(|p| p.pid != me) {
         for f in shape_findings(p) {
@@ -785,8 +784,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
                 st.on_cpu_tick(&mut cpu_maps, dt, monotonic_ns())?;
-                st.report_losses(&stats);
-                let report = st.status_report(&stats, started);
+                let kernel = kernel_counters(&stats);
+                st.report_losses(&kernel);
+                let report = st.status_report(&kernel, started);
                 st.api.status(api::SensorState::Running, report, "");
                 st.flush()?;
             }
@@ -805,8 +805,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     };
     // What the kernel handed over before the signal is still delivered.
     st.drain(ring.get_mut())?;
-    st.report_losses(&stats);
-    let report = st.status_report(&stats, started);
+    let kernel = kernel_counters(&stats);
+    st.report_losses(&kernel);
+    let report = st.status_report(&kernel, started);
     st.api.status(api::SensorState::Stopping, report, &reason);
     st.api.flush();
     // Give collectors a moment to take the last events; what they do not take stays spooled
@@ -830,6 +831,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         reason,
     })?;
     Ok(())
+}
+
+/// The kernel's per-CPU counters (hook failures, ring-buffer drops), summed, by name.
+fn kernel_counters(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<&'static str, u64> {
+    stat::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let v = stats
+                .get(&(i as u32), 0)
+                .map(|vals| vals.iter().sum())
+                .unwrap_or(0);
+            (*name, v)
+        })
+        .collect()
 }
 
 /// Takes map `name` out of the object as a typed map.
@@ -868,18 +884,13 @@ impl State {
         self.flush()
     }
 
-    fn status_report(&self, stats: &PerCpuArray<MapData, u64>, started: Instant) -> StatusReport {
-        let mut counters: BTreeMap<String, u64> = stat::NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let v = stats
-                    .get(&(i as u32), 0)
-                    .map(|vals| vals.iter().sum())
-                    .unwrap_or(0);
-                (name.to_string(), v)
-            })
-            .collect();
+    fn status_report(
+        &self,
+        kernel: &BTreeMap<&'static str, u64>,
+        started: Instant,
+    ) -> StatusReport {
+        let mut counters: BTreeMap<String, u64> =
+            kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         counters.insert("events".into(), self.counters.events);
         counters.insert("decode_errors".into(), self.counters.decode_errors);
         counters.insert("payload_gaps".into(), self.counters.payload_gaps);
@@ -901,14 +912,7 @@ impl State {
         ebpf: &aya::Ebpf,
         started: Instant,
     ) -> StatsRecord {
-        let mut kernel = BTreeMap::new();
-        for (i, name) in stat::NAMES.iter().enumerate() {
-            let v = stats
-                .get(&(i as u32), 0)
-                .map(|vals| vals.iter().sum())
-                .unwrap_or(0);
-            kernel.insert(*name, v);
-        }
+        let kernel = kernel_counters(stats);
         let (cpu_seconds, rss_kb, peak_rss_kb) = self_usage();
         let mut bpf = BTreeMap::new();
         for hook in loader::HOOKS {
