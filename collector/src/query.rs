@@ -90,7 +90,14 @@ impl Sql {
                 value: sev.clone(),
                 reason: "use info, low, medium, high or critical",
             })?;
-            s.add(&format!("{table}.severity >= ?"), Value::Integer(v as i64));
+            if table != "alerts" {
+                return Err(QueryError::Arg {
+                    what: "--min-severity",
+                    value: sev.clone(),
+                    reason: "only alerts have a severity: use `minerwatch-collector alerts`",
+                });
+            }
+            s.add("alerts.severity >= ?", Value::Integer(v as i64));
         }
         if let Some(k) = &f.kind {
             let kind = parse_kind(k).ok_or_else(|| QueryError::Arg {
@@ -278,4 +285,43 @@ pub fn nodes(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_query_arguments_are_named() {
+        let f = |build: fn(&mut Filter)| {
+            let mut f = Filter::default();
+            build(&mut f);
+            f
+        };
+        for (filter, table, what) in [
+            (
+                f(|f| f.since = Some("yesterday".into())),
+                "alerts",
+                "--since",
+            ),
+            (
+                f(|f| f.min_severity = Some("severe".into())),
+                "alerts",
+                "--min-severity",
+            ),
+            (
+                f(|f| f.min_severity = Some("high".into())),
+                "events",
+                "--min-severity",
+            ),
+            (f(|f| f.kind = Some("execve".into())), "events", "--kind"),
+        ] {
+            match Sql::new(&filter, table) {
+                Err(QueryError::Arg { what: w, .. }) => assert_eq!(w, what),
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what} accepted"),
+            }
+        }
+        assert!(Sql::new(&f(|f| f.since = Some("2h".into())), "events").is_ok());
+    }
 }

@@ -44,7 +44,7 @@ pub const ALL_KINDS: [EventKind; 9] = [
     EventKind::Heartbeat,
 ];
 
-pub fn body_kind(body: Option<&Body>) -> EventKind {
+fn body_kind(body: Option<&Body>) -> EventKind {
     match body {
         None => EventKind::Unspecified,
         Some(Body::Exec(_)) => EventKind::Exec,

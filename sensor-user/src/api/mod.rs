@@ -150,10 +150,6 @@ impl Publisher {
         self.spool.is_some() || self.hub.has_clients()
     }
 
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
     /// Numbers `body` and hands it on. `rare` events are also kept for `backlog` requests.
     pub fn emit(&mut self, at: SystemTime, body: Body, rare: bool) {
         self.last_seq += 1;
