@@ -153,15 +153,20 @@ fn cut(s: &str, n: usize) -> String {
     }
 }
 
-pub fn alerts(conn: &Connection, f: &Filter, out: &mut impl Write) -> Result<(), QueryError> {
-    let s = Sql::new(f, "alerts")?;
+/// The most recent `f.limit` rows of `table` (`alerts` or `events`) that pass `f`, oldest first.
+fn select(conn: &Connection, f: &Filter, table: &str) -> Result<Vec<(Event, i64)>, QueryError> {
+    let s = Sql::new(f, table)?;
     let sql = format!(
-        "SELECT alerts.body, alerts.received FROM alerts JOIN nodes ON nodes.id = alerts.node_id
-         {} ORDER BY alerts.time DESC, alerts.id DESC LIMIT {}",
+        "SELECT {table}.body, {table}.received FROM {table} JOIN nodes ON nodes.id = {table}.node_id
+         {} ORDER BY {table}.time DESC, {table}.id DESC LIMIT {}",
         s.where_clause(),
         f.limit
     );
-    let list = rows(conn, &sql, s.params)?;
+    rows(conn, &sql, s.params)
+}
+
+pub fn alerts(conn: &Connection, f: &Filter, out: &mut impl Write) -> Result<(), QueryError> {
+    let list = select(conn, f, "alerts")?;
     if f.json {
         for (ev, received) in &list {
             writeln!(out, "{}", alert_json(ev, *received))?;
@@ -200,14 +205,7 @@ pub fn alerts(conn: &Connection, f: &Filter, out: &mut impl Write) -> Result<(),
 }
 
 pub fn events(conn: &Connection, f: &Filter, out: &mut impl Write) -> Result<(), QueryError> {
-    let s = Sql::new(f, "events")?;
-    let sql = format!(
-        "SELECT events.body, events.received FROM events JOIN nodes ON nodes.id = events.node_id
-         {} ORDER BY events.time DESC, events.id DESC LIMIT {}",
-        s.where_clause(),
-        f.limit
-    );
-    for (ev, received) in rows(conn, &sql, s.params)? {
+    for (ev, received) in select(conn, f, "events")? {
         if f.json {
             writeln!(out, "{}", alert_json(&ev, received))?;
         } else {
