@@ -118,9 +118,13 @@ pub fn to_json(ev: &Event) -> Value {
         Some(Body::Connect(c)) => json!({
             "pid": c.pid,
             "peer": c.peer,
-            "transport": match c.transport() { Transport::Tcp => "tcp", _ => "other" },
+            "transport": match c.transport() {
+                Transport::Tcp => "tcp",
+                Transport::Udp => "udp",
+                _ => "other",
+            },
             "ret": c.result,
-            "fd": c.fd,
+            "unconnected": c.unconnected,
         }),
         Some(Body::Stratum(s)) => json!({
             "pid": s.pid,
@@ -197,10 +201,11 @@ pub fn to_text(ev: &Event) -> String {
             "{head} connect pid {} -> {} {} {}\n",
             c.pid,
             c.peer,
-            if c.transport() == Transport::Tcp {
-                "tcp"
-            } else {
-                "other"
+            match c.transport() {
+                Transport::Tcp => "tcp",
+                Transport::Udp if c.unconnected => "udp (unconnected)",
+                Transport::Udp => "udp",
+                _ => "other",
             },
             if c.result == 0 {
                 "ok".to_string()

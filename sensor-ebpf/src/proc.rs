@@ -1,15 +1,15 @@
 //! Process lifecycle: new processes (not threads) and the end of a process, so user space can
 //! keep lineage and forget what is gone.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_probe_read_kernel},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    helpers::{bpf_get_current_comm, bpf_get_current_task},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use sensor_common::{ExitEvent, ForkEvent, kind, stat};
 
 use crate::{
     maps::EVENTS,
-    util::{count, current, header, lazy_wakeup, task_tgid_off},
+    util::{count, current, header, kread, lazy_wakeup, offsets},
 };
 
 /// Raw tracepoint `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
@@ -29,14 +29,12 @@ fn try_proc_fork(ctx: &RawTracePointContext) -> Result<(), u32> {
     let Some((tgid, tid)) = current() else {
         return Ok(());
     };
-    let off = task_tgid_off();
+    let off = offsets().task_tgid;
     if off == 0 {
         return Ok(());
     }
     let child: *const u8 = ctx.arg(1);
-    // SAFETY: fault-tolerant kernel read at a BTF-derived offset.
-    let child_tgid = unsafe { bpf_probe_read_kernel(child.add(off as usize) as *const u32) }
-        .map_err(|_| stat::READ_KERNEL_FAILED)?;
+    let child_tgid: u32 = kread(child, off)?;
     if child_tgid == tgid {
         return Ok(()); // a new thread of the same process
     }
@@ -51,10 +49,12 @@ fn try_proc_fork(ctx: &RawTracePointContext) -> Result<(), u32> {
         .map_err(|_| stat::RINGBUF_FULL_FORK)
 }
 
-/// `sched:sched_process_exit`. Emits when the thread group leader exits, which for all but
-/// processes whose leader called `pthread_exit` early is the end of the process.
-#[tracepoint]
-pub fn proc_exit(_ctx: TracePointContext) -> u32 {
+/// Raw tracepoint `sched_process_exit(struct task_struct *p, ...)`, run by each exiting
+/// thread after it left its group's live count. Emits only when no thread of the group is
+/// left (`current->signal->live == 0`, BTF offsets): a leader that calls `pthread_exit` while
+/// other threads go on does not end the process. Without the offsets it emits for the leader.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> u32 {
     match try_proc_exit() {
         Ok(()) => 0,
         Err(e) => {
@@ -68,7 +68,16 @@ fn try_proc_exit() -> Result<(), u32> {
     let Some((tgid, tid)) = current() else {
         return Ok(());
     };
-    if tgid != tid {
+    let off = offsets();
+    if off.task_signal != 0 {
+        // SAFETY: helper with no preconditions.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        let signal: *const u8 = kread(task, off.task_signal)?;
+        let live: i32 = kread(signal, off.signal_live)?;
+        if live != 0 {
+            return Ok(()); // other threads of the group still run
+        }
+    } else if tgid != tid {
         return Ok(());
     }
     // The sample maps are pruned by user space on this event, off the exiting task's path.

@@ -1,6 +1,6 @@
 //! Helpers shared by the hooks: globals set by the loader, counters, event headers.
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use sensor_common::EventHeader;
+use sensor_common::{EventHeader, KernelOffsets};
 
 use crate::maps::{EVENTS, STATS};
 
@@ -12,9 +12,8 @@ const WAKE_ABOVE: u64 = 1024 * 1024;
 
 /// Submit flags for high-volume, low-urgency events (exec, fork, exit, connect). Waking the
 /// reader costs the submitting task several microseconds, so these do not, unless the ring
-/// is filling up; user space drains on a short timer as well. Payload events, on which the
-/// strongest alerts depend, force the wake-up: the default (adaptive) one would not fire
-/// while lazily submitted events sit unread in front of them.
+/// is filling up; user space drains on a short timer as well. Payload events go through
+/// their own ring and force the wake-up.
 #[inline(always)]
 pub fn lazy_wakeup() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKE_ABOVE {
@@ -24,28 +23,17 @@ pub fn lazy_wakeup() -> u64 {
     }
 }
 
-// Read-only globals, patched by the loader (`EbpfLoader::set_global`) before loading.
+// Read-only globals, patched by the loader (`EbpfLoader::override_global`) before loading.
 #[unsafe(no_mangle)]
 static SENSOR_TGID: u32 = 0;
 #[unsafe(no_mangle)]
-static TASK_TGID_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_REAL_PARENT_OFF: u32 = 0;
+static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
+/// The kernel's struct offsets, as the loader found them in BTF.
 #[inline(always)]
-fn global(v: &'static u32) -> u32 {
+pub fn offsets() -> KernelOffsets {
     // SAFETY: a valid static; volatile so the compiler cannot fold the pre-load value.
-    unsafe { core::ptr::read_volatile(v) }
-}
-
-#[inline(always)]
-pub fn task_tgid_off() -> u32 {
-    global(&TASK_TGID_OFF)
-}
-
-#[inline(always)]
-pub fn task_real_parent_off() -> u32 {
-    global(&TASK_REAL_PARENT_OFF)
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
 /// Current (tgid, tid), or `None` for the sensor's own threads.
@@ -53,7 +41,8 @@ pub fn task_real_parent_off() -> u32 {
 pub fn current() -> Option<(u32, u32)> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if tgid == global(&SENSOR_TGID) {
+    // SAFETY: a valid static; volatile so the compiler cannot fold the pre-load value.
+    if tgid == unsafe { core::ptr::read_volatile(&SENSOR_TGID) } {
         return None;
     }
     Some((tgid, id as u32))
@@ -63,7 +52,8 @@ pub fn current() -> Option<(u32, u32)> {
 #[inline(always)]
 pub fn count(idx: u32) {
     if let Some(p) = STATS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        // SAFETY: this CPU's slot. A perf-event program interrupting a tracepoint on the same
+        // CPU could lose one increment; the counters are for operators, not accounting.
         unsafe { *p += 1 };
     }
 }
@@ -81,9 +71,10 @@ pub fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
     }
 }
 
-/// Reads a syscall tracepoint argument (`args[n]` of `trace_event_raw_sys_enter`).
+/// Reads a `T` at `base + off` in kernel memory, fault-tolerant.
 #[inline(always)]
-pub fn sys_arg<T>(ctx: &aya_ebpf::programs::TracePointContext, n: usize) -> Result<T, u32> {
-    // SAFETY: syscall tracepoint records hold 8-byte args from offset 16.
-    unsafe { ctx.read_at::<T>(16 + 8 * n) }.map_err(|_| sensor_common::stat::READ_KERNEL_FAILED)
+pub fn kread<T: Copy>(base: *const u8, off: u32) -> Result<T, u32> {
+    // SAFETY: the helper tolerates any address.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(base.add(off as usize) as *const T) }
+        .map_err(|_| sensor_common::stat::READ_KERNEL_FAILED)
 }

@@ -1,15 +1,21 @@
 //! `minerwatch check`: can this machine run the sensor, and what would be missing? Answers
 //! plainly, by trying what the sensor does (load, attach) rather than guessing.
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use crate::{btf, loader};
+
+/// The offsets found in the kernel's BTF, and the members that were not.
+#[derive(Debug, serde::Serialize)]
+pub struct BtfReport {
+    pub offsets: Vec<(&'static str, u32)>,
+    pub missing: Vec<String>,
+}
 
 #[derive(Debug, serde::Serialize)]
 pub struct Report {
     pub kernel: String,
     pub root: bool,
-    pub btf: Result<loader::Offsets, String>,
-    pub tracefs: Result<(), String>,
+    pub btf: Result<BtfReport, String>,
     pub cgroup2: Option<String>,
     pub hooks: Result<Vec<loader::HookStatus>, String>,
     pub hardware_counters: Result<(), String>,
@@ -67,13 +73,6 @@ fn hardware_counters() -> Result<(), String> {
 
 pub fn run(sample_hz: u64) -> Report {
     let root = loader::is_root();
-    let tracefs = if root {
-        loader::ensure_tracefs().map_err(|e| e.to_string())
-    } else if Path::new("/sys/kernel/tracing/events").is_dir() {
-        Ok(())
-    } else {
-        Err("not mounted (the sensor mounts it when run as root)".into())
-    };
     let hooks = if root {
         loader::load(sample_hz)
             .map(|l| l.hooks)
@@ -84,8 +83,12 @@ pub fn run(sample_hz: u64) -> Report {
     Report {
         kernel: kernel(),
         root,
-        btf: loader::btf_offsets().map_err(|e| e.to_string()),
-        tracefs,
+        btf: loader::btf_offsets()
+            .map(|(o, missing)| BtfReport {
+                offsets: loader::offset_table(&o),
+                missing,
+            })
+            .map_err(|e| e.to_string()),
         cgroup2: loader::cgroup2_root(),
         hooks,
         hardware_counters: hardware_counters(),
@@ -105,21 +108,23 @@ pub fn render(r: &Report) -> String {
         }
     );
     let _ = match &r.btf {
-        Ok(o) => writeln!(
-            s,
-            "BTF         {}: task_struct.tgid at {}, real_parent at {}",
-            btf::VMLINUX,
-            o.task_tgid,
-            o.task_real_parent
-        ),
+        Ok(BtfReport { offsets, missing }) => {
+            let found: Vec<String> = offsets
+                .iter()
+                .filter(|(_, off)| *off != 0)
+                .map(|(name, off)| format!("{name} at {off}"))
+                .collect();
+            let _ = writeln!(s, "BTF         {}: {}", btf::VMLINUX, found.join(", "));
+            for m in missing {
+                let _ = writeln!(s, "  MISSING  {m}");
+            }
+            Ok(())
+        }
         Err(e) => writeln!(
             s,
-            "BTF         MISSING: {e}; exec events lose the parent pid, fork events are off"
+            "BTF         MISSING: {e}; exec events lose argv (taken from /proc), file name and \
+             parent pid, fork events are off, exits are reported for leaders only"
         ),
-    };
-    let _ = match &r.tracefs {
-        Ok(()) => writeln!(s, "tracefs     ok"),
-        Err(e) => writeln!(s, "tracefs     {e}"),
     };
     let _ = writeln!(
         s,

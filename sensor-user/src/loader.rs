@@ -1,33 +1,31 @@
 //! Loads the embedded eBPF object and attaches its hooks. Owns the one table of hooks: what
 //! each is for, and what detection is lost when it cannot attach. A hook that fails is
 //! reported and the rest run.
-use std::path::Path;
-
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, PerfEvent, RawTracePoint,
-        TracePoint,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
-use sensor_common::global;
+use sensor_common::{KernelOffsets, global};
 
 use crate::btf::Btf;
 
 /// How a program attaches.
 #[derive(Debug, Clone, Copy)]
 pub enum Attach {
-    TracePoint {
-        category: &'static str,
-        name: &'static str,
-    },
     RawTracePoint {
         name: &'static str,
     },
-    /// cgroup/connect4|6 (from the program's section) on the root of the cgroup v2 tree.
-    CgroupConnect,
+    /// A BTF-typed tracepoint (`tp_btf`), cheaper than a classic one: no record is filled.
+    BtfTracePoint {
+        name: &'static str,
+    },
+    /// cgroup/connect4|6 or sendmsg4|6 (the attach type is the program's section) on the
+    /// root of the cgroup v2 tree.
+    CgroupSockAddr(&'static str),
     /// cgroup_skb/egress on the root of the cgroup v2 tree.
     CgroupEgress,
     /// cpu-clock perf events, one per online CPU.
@@ -48,31 +46,16 @@ pub struct Hook {
     pub optional: bool,
 }
 
-const fn tp(category: &'static str, name: &'static str) -> Attach {
-    Attach::TracePoint { category, name }
-}
-
-/// Every hook, in attach order. Connect/state hooks precede the payload hooks so a connection
-/// is never watched before its writes are seen.
+/// Every hook, in attach order. The connect hooks precede the payload hook so a connection
+/// is never watched before its storage exists. None is a syscall tracepoint: enabling one
+/// would put every syscall of every task on the node on the slow path.
 pub const HOOKS: &[Hook] = &[
     Hook {
-        program: "exec_enter",
-        attach: tp("syscalls", "sys_enter_execve"),
-        purpose: "argv of execve",
-        lost: "command-line indicators for processes started by execve",
-        optional: false,
-    },
-    Hook {
-        program: "exec_enter_at",
-        attach: tp("syscalls", "sys_enter_execveat"),
-        purpose: "argv of execveat (fexecve, fileless execution)",
-        lost: "command lines of processes started with execveat/fexecve",
-        optional: false,
-    },
-    Hook {
         program: "exec_done",
-        attach: tp("sched", "sched_process_exec"),
-        purpose: "successful program execution",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_exec",
+        },
+        purpose: "successful program execution, with argv from the new image",
         lost: "all new-process visibility (exe, argv, location, lineage)",
         optional: false,
     },
@@ -87,50 +70,54 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         program: "proc_exit",
-        attach: tp("sched", "sched_process_exit"),
-        purpose: "process exit (clean-up)",
-        lost: "timely forgetting of exited processes (the table is pruned from /proc instead)",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_exit",
+        },
+        purpose: "end of a process (its last thread)",
+        lost: "timely forgetting of exited processes (the reconciliation with /proc does it later)",
         optional: false,
     },
     Hook {
-        program: "net_connect",
-        attach: tp("syscalls", "sys_enter_connect"),
-        purpose: "connect() destinations",
-        lost: "all outbound connection visibility, and with it Stratum detection",
+        program: "net_connect4",
+        attach: Attach::CgroupSockAddr("connect4"),
+        purpose: "IPv4 connects: TCP sockets followed, connected UDP reported",
+        lost: "IPv4 connection visibility, and with it Stratum detection on IPv4",
+        optional: false,
+    },
+    Hook {
+        program: "net_connect6",
+        attach: Attach::CgroupSockAddr("connect6"),
+        purpose: "IPv6 connects: TCP sockets followed, connected UDP reported",
+        lost: "IPv6 connection visibility, and with it Stratum detection on IPv6",
+        optional: false,
+    },
+    Hook {
+        program: "net_sendmsg4",
+        attach: Attach::CgroupSockAddr("sendmsg4"),
+        purpose: "destinations of unconnected IPv4 UDP sockets",
+        lost: "IPv4 UDP destinations of unconnected sockets (DNS from some resolvers)",
+        optional: false,
+    },
+    Hook {
+        program: "net_sendmsg6",
+        attach: Attach::CgroupSockAddr("sendmsg6"),
+        purpose: "destinations of unconnected IPv6 UDP sockets",
+        lost: "IPv6 UDP destinations of unconnected sockets",
         optional: false,
     },
     Hook {
         program: "net_tcp_state",
-        attach: tp("sock", "inet_sock_set_state"),
-        purpose: "telling TCP connects from UDP",
-        lost: "Stratum detection on new connections (no socket is watched)",
-        optional: false,
-    },
-    Hook {
-        program: "net_connect_ret",
-        attach: tp("syscalls", "sys_exit_connect"),
-        purpose: "connect() outcome",
-        lost: "all outbound connection visibility, and with it Stratum detection",
-        optional: false,
-    },
-    Hook {
-        program: "net_sock_connect4",
-        attach: Attach::CgroupConnect,
-        purpose: "registering new IPv4 TCP sockets for first-bytes capture",
-        lost: "Stratum detection on new IPv4 connections",
-        optional: false,
-    },
-    Hook {
-        program: "net_sock_connect6",
-        attach: Attach::CgroupConnect,
-        purpose: "registering new IPv6 TCP sockets for first-bytes capture",
-        lost: "Stratum detection on new IPv6 connections",
+        attach: Attach::BtfTracePoint {
+            name: "inet_sock_set_state",
+        },
+        purpose: "outcome of TCP connects, close of followed connections",
+        lost: "TCP connect records and miner-port evidence; streams are kept until exit",
         optional: false,
     },
     Hook {
         program: "net_egress",
         attach: Attach::CgroupEgress,
-        purpose: "first bytes of watched TCP connections, from their packets",
+        purpose: "first bytes of followed TCP connections, from their packets",
         lost: "all Stratum detection",
         optional: false,
     },
@@ -171,28 +158,57 @@ pub struct HookStatus {
 pub enum LoadError {
     #[error("must run as root (eBPF programs need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
     NotRoot,
-    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
-    Tracefs(std::io::Error),
     #[error("the kernel refused the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("no hook could attach; first error: {0}")]
     NothingAttached(String),
 }
 
-/// Offsets the programs need, from the kernel's BTF. Zero means unknown: the hooks that need
-/// them fall back (no parent pid in exec events, no fork events).
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Offsets {
-    pub task_tgid: u32,
-    pub task_real_parent: u32,
+/// The offsets the programs need, from the kernel's BTF. A member that cannot be found is
+/// left at zero and named in `missing`: the hooks that need it fall back as their docs say.
+pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::btf::BtfError> {
+    let btf = Btf::from_sys_fs()?;
+    let mut missing = Vec::new();
+    let mut get = |strukt: &str, member: &str| match btf.member_offset(strukt, member) {
+        Ok(off) => off,
+        Err(e) => {
+            missing.push(e.to_string());
+            0
+        }
+    };
+    let mut o = KernelOffsets {
+        task_tgid: get("task_struct", "tgid"),
+        task_real_parent: get("task_struct", "real_parent"),
+        task_mm: get("task_struct", "mm"),
+        task_signal: get("task_struct", "signal"),
+        mm_arg_start: get("mm_struct", "arg_start"),
+        mm_arg_end: get("mm_struct", "arg_end"),
+        signal_live: get("signal_struct", "live"),
+        bprm_filename: get("linux_binprm", "filename"),
+        sock_err: get("sock", "sk_err"),
+        _pad: 0,
+    };
+    // The exit hook reads `signal->live` whenever `task_signal` is known (`live` follows a
+    // reference count, so it is never at offset 0).
+    if o.signal_live == 0 {
+        o.task_signal = 0;
+    }
+    Ok((o, missing))
 }
 
-pub fn btf_offsets() -> Result<Offsets, crate::btf::BtfError> {
-    let btf = Btf::from_sys_fs()?;
-    Ok(Offsets {
-        task_tgid: btf.member_offset("task_struct", "tgid")?,
-        task_real_parent: btf.member_offset("task_struct", "real_parent")?,
-    })
+/// The offsets by the member they locate, for people.
+pub fn offset_table(o: &KernelOffsets) -> Vec<(&'static str, u32)> {
+    vec![
+        ("task_struct.tgid", o.task_tgid),
+        ("task_struct.real_parent", o.task_real_parent),
+        ("task_struct.mm", o.task_mm),
+        ("task_struct.signal", o.task_signal),
+        ("mm_struct.arg_start", o.mm_arg_start),
+        ("mm_struct.arg_end", o.mm_arg_end),
+        ("signal_struct.live", o.signal_live),
+        ("linux_binprm.filename", o.bprm_filename),
+        ("sock.sk_err", o.sock_err),
+    ]
 }
 
 /// The eBPF object, built by build.rs for exactly this ABI.
@@ -213,36 +229,11 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Makes sure tracefs is reachable; some systems (this VM among them) do not mount it.
-pub fn ensure_tracefs() -> Result<(), LoadError> {
-    for p in [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ] {
-        if Path::new(p).is_dir() {
-            return Ok(());
-        }
-    }
-    let ret = unsafe {
-        // SAFETY: static NUL-terminated strings.
-        libc::mount(
-            c"nodev".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if ret != 0 {
-        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
-    pub offsets: Option<Offsets>,
+    pub offsets: KernelOffsets,
+    /// Why some offsets are unknown (BTF missing, or members this kernel does not have).
     pub offsets_error: Option<String>,
 }
 
@@ -251,17 +242,15 @@ pub fn load(sample_hz: u64) -> Result<Loaded, LoadError> {
     if !is_root() {
         return Err(LoadError::NotRoot);
     }
-    ensure_tracefs()?;
     let (offsets, offsets_error) = match btf_offsets() {
-        Ok(o) => (Some(o), None),
-        Err(e) => (None, Some(e.to_string())),
+        Ok((o, missing)) if missing.is_empty() => (o, None),
+        Ok((o, missing)) => (o, Some(missing.join("; "))),
+        Err(e) => (KernelOffsets::default(), Some(e.to_string())),
     };
-    let o = offsets.unwrap_or_default();
     let me = std::process::id();
     let mut ebpf = EbpfLoader::new()
         .override_global(global::SENSOR_TGID, &me, true)
-        .override_global(global::TASK_TGID_OFF, &o.task_tgid, true)
-        .override_global(global::TASK_REAL_PARENT_OFF, &o.task_real_parent, true)
+        .override_global(global::OFFSETS, &offsets, true)
         .load(OBJECT)?;
     let hooks: Vec<HookStatus> = HOOKS
         .iter()
@@ -284,15 +273,10 @@ pub fn load(sample_hz: u64) -> Result<Loaded, LoadError> {
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
     let attach_point = match hook.attach {
-        Attach::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
         Attach::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
-        Attach::CgroupConnect => format!(
-            "cgroup/{}@{}",
-            if hook.program.ends_with('6') {
-                "connect6"
-            } else {
-                "connect4"
-            },
+        Attach::BtfTracePoint { name } => format!("tp_btf/{name}"),
+        Attach::CgroupSockAddr(what) => format!(
+            "cgroup/{what}@{}",
             cgroup2_root().unwrap_or_else(|| "?".into())
         ),
         Attach::CgroupEgress => format!(
@@ -329,17 +313,18 @@ fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String
         .program_mut(hook.program)
         .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
     match hook.attach {
-        Attach::TracePoint { category, name } => {
-            let p: &mut TracePoint = prog.try_into().map_err(|e| chain(&e))?;
-            p.load().map_err(|e| chain(&e))?;
-            p.attach(category, name).map_err(|e| chain(&e))?;
-        }
         Attach::RawTracePoint { name } => {
             let p: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
             p.load().map_err(|e| chain(&e))?;
             p.attach(name).map_err(|e| chain(&e))?;
         }
-        Attach::CgroupConnect | Attach::CgroupEgress => {
+        Attach::BtfTracePoint { name } => {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| chain(&e))?;
+            let p: &mut aya::programs::BtfTracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            p.load(name, &btf).map_err(|e| chain(&e))?;
+            p.attach().map_err(|e| chain(&e))?;
+        }
+        Attach::CgroupSockAddr(_) | Attach::CgroupEgress => {
             let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
             let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
             // aya attaches through a BPF link, which coexists with other programs on the same

@@ -3,7 +3,7 @@
 //! writers only format and write.
 use std::{
     fs::OpenOptions,
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     net::SocketAddr,
     path::Path,
     time::SystemTime,
@@ -129,11 +129,17 @@ pub struct StatsRecord {
     pub decode_errors: u64,
     /// Per-CPU kernel counters summed: ring-buffer drops and hook failures.
     pub kernel: BTreeMap<&'static str, u64>,
-    /// Bytes the payload reassembler saw missing (a dropped payload event).
+    /// Connections on which payload records were lost (a full ring) and the reassembler
+    /// had to resynchronise.
     pub payload_gaps: u64,
     pub alerts: u64,
     pub processes: usize,
     pub streams: usize,
+    /// New connections not classified because their process already had the most streams.
+    pub streams_capped: u64,
+    /// The JSON-lines sink: failed writes, records dropped, held, reopenings.
+    pub jsonl: SinkHealth,
+    pub terminal_errors: u64,
     pub cpu_seconds: f64,
     pub rss_kb: u64,
     pub peak_rss_kb: u64,
@@ -163,10 +169,11 @@ pub struct ActivityRecord<'a> {
     pub argv: Option<&'a [String]>,
     pub cgroup: Option<&'a str>,
     pub job: Option<u64>,
-    pub fd: Option<i32>,
     pub peer: Option<SocketAddr>,
+    /// connect: a UDP datagram sent without connecting.
+    pub unconnected: Option<bool>,
     pub transport: Option<&'static str>,
-    /// connect(): 0 or a negative errno.
+    /// connect: 0 or the negative errno a TCP connect failed with.
     pub ret: Option<i32>,
 }
 
@@ -183,8 +190,8 @@ impl ActivityRecord<'_> {
             argv: None,
             cgroup: None,
             job: None,
-            fd: None,
             peer: None,
+            unconnected: None,
             transport: None,
             ret: None,
         }
@@ -199,25 +206,186 @@ pub struct StopRecord {
     pub reason: String,
 }
 
-/// Where records go. Write errors on the JSON-lines sink are returned: losing promised
-/// output must not be silent.
+/// Most bytes of records held for a JSON-lines sink that cannot be written (disk full, a
+/// closed pipe): past this, records are dropped and counted, never the sensor stopped.
+const PENDING_CAP: usize = 8 * 1024 * 1024;
+
+/// What a sink could not deliver, for the stats record and the status.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SinkHealth {
+    /// Write attempts that failed.
+    pub write_errors: u64,
+    /// Records dropped because the sink stayed unwritable past its buffer.
+    pub dropped: u64,
+    /// Records held, waiting for the sink to take them.
+    pub pending: u64,
+    /// Times the file was reopened (rotated away, removed).
+    pub reopened: u64,
+}
+
+/// The JSON-lines sink. It never fails the sensor: a write that fails keeps the bytes and
+/// retries on the next flush, up to [`PENDING_CAP`]; what overflows is counted, and when the
+/// sink takes writes again it first writes a `{"kind":"loss","sink":"jsonl",…}` record. A file
+/// that was rotated away or removed is reopened at its path.
+struct Jsonl {
+    target: JsonlTarget,
+    file: Option<Box<dyn Write + Send>>,
+    /// (device, inode) of the open file, to notice rotation.
+    ident: Option<(u64, u64)>,
+    pending: Vec<u8>,
+    /// Complete records in `pending`.
+    pending_records: u64,
+    health: SinkHealth,
+    /// Records dropped and not yet told in a loss record.
+    untold_drops: u64,
+    failing: Option<String>,
+}
+
+fn ident_of(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Jsonl {
+    fn open(target: &JsonlTarget) -> io::Result<Self> {
+        let (file, ident): (Box<dyn Write + Send>, _) = match target {
+            JsonlTarget::Stdout => (Box::new(io::stdout()), None),
+            JsonlTarget::File(p) => (Box::new(open_append(p)?), ident_of(p)),
+        };
+        Ok(Self {
+            target: target.clone(),
+            file: Some(file),
+            ident,
+            pending: Vec::with_capacity(64 * 1024),
+            pending_records: 0,
+            health: SinkHealth::default(),
+            untold_drops: 0,
+            failing: None,
+        })
+    }
+
+    fn push<T: Serialize>(&mut self, rec: &T) {
+        let mark = self.pending.len();
+        if serde_json::to_writer(&mut self.pending, rec).is_err() {
+            self.pending.truncate(mark);
+            return;
+        }
+        self.pending.push(b'\n');
+        if self.pending.len() > PENDING_CAP {
+            self.pending.truncate(mark);
+            self.health.dropped += 1;
+            self.untold_drops += 1;
+        } else {
+            self.pending_records += 1;
+        }
+    }
+
+    /// A file sink whose path no longer names the open file is reopened there.
+    fn reopen_if_moved(&mut self) {
+        let JsonlTarget::File(p) = &self.target else {
+            return;
+        };
+        let now = ident_of(p);
+        if now.is_some() && now == self.ident && self.file.is_some() {
+            return;
+        }
+        match open_append(p) {
+            Ok(f) => {
+                self.file = Some(Box::new(f));
+                self.ident = ident_of(p);
+                self.health.reopened += 1;
+                tracing::info!(path = %p.display(), "JSON-lines output reopened");
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.health.write_errors += 1;
+        let text = e.to_string();
+        if self.failing.as_deref() != Some(text.as_str()) {
+            tracing::warn!(reason = %text, pending = self.pending_records, "JSON-lines output cannot be written; holding records and retrying");
+            self.failing = Some(text);
+        }
+    }
+
+    /// Writes what is pending, as far as the sink takes it.
+    fn flush(&mut self) {
+        self.reopen_if_moved();
+        if self.untold_drops > 0 && self.failing.is_none() {
+            self.tell_drops();
+        }
+        let Some(w) = self.file.as_mut() else {
+            return;
+        };
+        let mut done = 0;
+        let result = loop {
+            if done == self.pending.len() {
+                break w.flush();
+            }
+            match w.write(&self.pending[done..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // Whole lines written leave the count; a torn one stays, its rest is written next.
+        let lines = self.pending[..done].iter().filter(|&&c| c == b'\n').count() as u64;
+        self.pending_records = self.pending_records.saturating_sub(lines);
+        self.pending.drain(..done);
+        match result {
+            Ok(()) => {
+                if let Some(why) = self.failing.take() {
+                    tracing::info!(was = %why, "JSON-lines output writable again");
+                    if self.untold_drops > 0 {
+                        self.tell_drops();
+                        self.flush();
+                    }
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+        self.health.pending = self.pending_records;
+    }
+
+    fn tell_drops(&mut self) {
+        let rec = serde_json::json!({
+            "kind": "loss",
+            "ts": rfc3339(SystemTime::now()),
+            "sink": "jsonl",
+            "records": self.untold_drops,
+            "reason": "output not writable; records past the sensor's buffer were dropped",
+        });
+        self.untold_drops = 0;
+        // The loss record goes first: it speaks of what is missing before what follows.
+        let mut line = rec.to_string().into_bytes();
+        line.push(b'\n');
+        line.extend_from_slice(&self.pending);
+        self.pending = line;
+        self.pending_records += 1;
+    }
+}
+
+/// Where records go. No output can stop the sensor: the JSON-lines sink holds, retries and
+/// counts (see [`SinkHealth`]); the terminal is best effort.
 pub struct Outputs {
-    jsonl: Option<Box<dyn Write + Send>>,
+    jsonl: Option<Jsonl>,
     terminal: Option<Box<dyn Write + Send>>,
+    terminal_errors: u64,
     min_severity: Severity,
 }
 
 impl Outputs {
+    /// Opens the sinks. Failing to open the JSON-lines file at start-up is an error: it is a
+    /// configuration mistake the operator should see at once.
     pub fn open(
         jsonl: Option<&JsonlTarget>,
         terminal: bool,
         min_severity: Severity,
     ) -> io::Result<Self> {
-        let (jsonl, term_to_stderr): (Option<Box<dyn Write + Send>>, bool) = match jsonl {
-            None => (None, false),
-            Some(JsonlTarget::Stdout) => (Some(Box::new(BufWriter::new(io::stdout()))), true),
-            Some(JsonlTarget::File(p)) => (Some(Box::new(BufWriter::new(open_append(p)?))), false),
-        };
+        let term_to_stderr = matches!(jsonl, Some(JsonlTarget::Stdout));
+        let jsonl = jsonl.map(Jsonl::open).transpose()?;
         let terminal: Option<Box<dyn Write + Send>> = match (terminal, term_to_stderr) {
             (false, _) => None,
             (true, true) => Some(Box::new(io::stderr())),
@@ -226,78 +394,90 @@ impl Outputs {
         Ok(Self {
             jsonl,
             terminal,
+            terminal_errors: 0,
             min_severity,
         })
     }
 
-    fn json<T: Serialize>(&mut self, rec: &T) -> io::Result<()> {
-        if let Some(w) = self.jsonl.as_mut() {
-            serde_json::to_writer(&mut *w, rec)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
+    /// How the JSON-lines sink is doing, and terminal write failures.
+    pub fn health(&self) -> (SinkHealth, u64) {
+        (
+            self.jsonl.as_ref().map(|j| j.health).unwrap_or_default(),
+            self.terminal_errors,
+        )
     }
 
-    pub fn ready(&mut self, r: &ReadyRecord) -> io::Result<()> {
-        self.json(r)?;
-        if let Some(t) = self.terminal.as_mut() {
-            writeln!(
-                t,
-                "minerwatch {} watching {} ({} hooks attached, {} processes known, {} connections watched)",
-                r.version,
-                r.node,
-                r.hooks_attached.len(),
-                r.processes_known,
-                r.connections_watched
-            )?;
-            for m in &r.hooks_missing {
-                let what = if m.optional {
-                    "not available (optional)"
-                } else {
-                    "MISSING"
-                };
-                writeln!(
-                    t,
-                    "  hook {} {what}: {} ({})\n    lost: {}",
-                    m.hook, m.error, m.attach_point, m.lost
-                )?;
-            }
+    fn json<T: Serialize>(&mut self, rec: &T) {
+        if let Some(j) = self.jsonl.as_mut() {
+            j.push(rec);
         }
-        self.flush()
     }
 
-    pub fn alert(&mut self, a: &AlertRecord) -> io::Result<()> {
+    fn term(&mut self, text: &str) {
+        if let Some(t) = self.terminal.as_mut()
+            && t.write_all(text.as_bytes()).is_err()
+        {
+            self.terminal_errors += 1;
+        }
+    }
+
+    pub fn ready(&mut self, r: &ReadyRecord) {
+        self.json(r);
+        let mut t = format!(
+            "minerwatch {} watching {} ({} hooks attached, {} processes known, {} connections watched)\n",
+            r.version,
+            r.node,
+            r.hooks_attached.len(),
+            r.processes_known,
+            r.connections_watched
+        );
+        for m in &r.hooks_missing {
+            let what = if m.optional {
+                "not available (optional)"
+            } else {
+                "MISSING"
+            };
+            t += &format!(
+                "  hook {} {what}: {} ({})\n    lost: {}\n",
+                m.hook, m.error, m.attach_point, m.lost
+            );
+        }
+        self.term(&t);
+        self.flush();
+    }
+
+    pub fn alert(&mut self, a: &AlertRecord) {
         if a.severity < self.min_severity {
-            return Ok(());
+            return;
         }
-        self.json(a)?;
-        if let Some(t) = self.terminal.as_mut() {
-            t.write_all(format_alert(a).as_bytes())?;
+        self.json(a);
+        if self.terminal.is_some() {
+            self.term(&format_alert(a));
         }
-        Ok(())
     }
 
-    pub fn activity(&mut self, a: &ActivityRecord<'_>) -> io::Result<()> {
+    pub fn activity(&mut self, a: &ActivityRecord<'_>) {
         self.json(a)
     }
 
-    pub fn stats(&mut self, s: &StatsRecord) -> io::Result<()> {
+    pub fn stats(&mut self, s: &StatsRecord) {
         self.json(s)
     }
 
-    pub fn stop(&mut self, s: &StopRecord) -> io::Result<()> {
-        self.json(s)?;
+    pub fn stop(&mut self, s: &StopRecord) {
+        self.json(s);
         self.flush()
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        if let Some(w) = self.jsonl.as_mut() {
-            w.flush()?;
+    pub fn flush(&mut self) {
+        if let Some(j) = self.jsonl.as_mut() {
+            j.flush();
         }
-        if let Some(t) = self.terminal.as_mut() {
-            t.flush()?;
+        if let Some(t) = self.terminal.as_mut()
+            && t.flush().is_err()
+        {
+            self.terminal_errors += 1;
         }
-        Ok(())
     }
 }
 

@@ -293,9 +293,9 @@ pub fn open_tcp_connections(proc_root: &Path) -> Vec<OpenConnection> {
     out
 }
 
-/// The cookie of socket `fd` of process `pid`, read through a duplicate of the descriptor
+/// Socket `fd` of process `pid` and its cookie, through a duplicate of the descriptor
 /// (`pidfd_getfd`, Linux 5.6+, needs ptrace rights over `pid`: root has them).
-pub fn socket_cookie(pid: u32, fd: u32) -> std::io::Result<u64> {
+pub fn socket_of(pid: u32, fd: u32) -> std::io::Result<(std::os::fd::OwnedFd, u64)> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let last = std::io::Error::last_os_error;
     // SAFETY: plain syscalls; every returned fd is owned (and closed) below.
@@ -327,7 +327,7 @@ pub fn socket_cookie(pid: u32, fd: u32) -> std::io::Result<u64> {
         if r < 0 {
             return Err(last());
         }
-        Ok(cookie)
+        Ok((dup, cookie))
     }
 }
 

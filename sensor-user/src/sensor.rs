@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage};
 use hashbrown::HashMap;
-use sensor_common::{WATCH_BYTES, WATCH_SENDS, WatchState, map, stat};
+use sensor_common::{SOCK_WATCH, SockState, map, stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -50,14 +50,22 @@ pub enum RunError {
     Collector(#[from] crate::push::client::PushError),
 }
 
-/// Bytes a client sent on one connection, until the classifier decides.
+/// Bytes a client sent on one connection, until the classifier decides. A decided stream
+/// keeps only its flag, until the connection closes or its process exits.
 #[derive(Debug, Default)]
 struct Stream {
     peer: Option<SocketAddr>,
     buf: Vec<u8>,
-    sends: u32,
+    /// Stream offset just past the last byte accounted for.
+    seen: u32,
+    /// Records were lost: wait for the start of the next line before classifying again.
+    resync: bool,
     decided: bool,
 }
+
+/// Most streams kept at once for one process; past this, new connections of that process
+/// are not classified (counted as `streams_capped`). Miners hold one or a few.
+const STREAMS_PER_PROCESS: usize = 256;
 
 /// What the sensor counts about itself.
 #[derive(Debug, Default)]
@@ -66,6 +74,7 @@ struct Counters {
     decode_errors: u64,
     payload_gaps: u64,
     alerts: u64,
+    streams_capped: u64,
 }
 
 struct State {
@@ -126,13 +135,18 @@ impl State {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
     }
 
-    fn handle(&mut self, ev: Event) -> std::io::Result<()> {
+    fn handle(&mut self, ev: Event) {
         tracing::trace!(event = ?ev, "event");
         match ev {
             Event::Exec(e) => self.on_exec(e),
-            Event::Fork(f) => {
-                self.procs.fork(f.meta.tgid, f.child, &f.comm);
-                Ok(())
+            Event::Fork(f) => self.procs.fork(f.meta.tgid, f.child, &f.comm),
+            Event::Close(c) => {
+                if let Some(m) = self.streams.get_mut(&c.meta.tgid) {
+                    m.remove(&c.cookie);
+                    if m.is_empty() {
+                        self.streams.remove(&c.meta.tgid);
+                    }
+                }
             }
             Event::Exit(m) => {
                 if self.api.wants_activity() {
@@ -144,7 +158,7 @@ impl State {
                         "exit",
                         rfc3339(self.wall(m.ktime_ns)),
                         m.tgid,
-                    ))?;
+                    ));
                 }
                 self.procs.remove(m.tgid);
                 self.streams.remove(&m.tgid);
@@ -155,14 +169,13 @@ impl State {
                 self.exited.push(m.tgid);
                 self.engine.forget(m.tgid);
                 self.revisions.remove(&m.tgid);
-                Ok(())
             }
             Event::Connect(c) => self.on_connect(c),
             Event::Payload(p) => self.on_payload(p),
         }
     }
 
-    fn on_exec(&mut self, e: Exec) -> std::io::Result<()> {
+    fn on_exec(&mut self, e: Exec) {
         let pid = e.meta.tgid;
         let dir = Path::new("/proc").join(pid.to_string());
         // /proc/<pid>/exe shows what the file name cannot: memfd and deleted executables.
@@ -216,35 +229,33 @@ impl State {
                 cgroup: Some(&p.cgroup),
                 job: p.job,
                 ..ActivityRecord::new("exec", rfc3339(self.wall(e.meta.ktime_ns)), pid)
-            })?;
+            });
         }
         self.procs.insert(p);
         for f in findings {
-            self.raise(pid, e.meta.ktime_ns, &f, None)?;
+            self.raise(pid, e.meta.ktime_ns, &f, None);
         }
-        Ok(())
     }
 
-    fn on_connect(&mut self, c: Connect) -> std::io::Result<()> {
+    fn on_connect(&mut self, c: Connect) {
         if self.api.wants_activity() {
-            let body = convert::connect(c.meta.tgid, c.peer, c.transport, c.ret, c.fd);
-            self.api.emit(self.wall(c.meta.ktime_ns), body, false);
+            self.api
+                .emit(self.wall(c.meta.ktime_ns), convert::connect(&c), false);
         }
         if self.cfg.events {
             self.out.activity(&ActivityRecord {
-                fd: Some(c.fd),
                 peer: Some(c.peer),
-                transport: Some(if c.transport == Transport::Tcp {
-                    "tcp"
-                } else {
-                    "other"
+                transport: Some(match c.transport {
+                    Transport::Tcp => "tcp",
+                    Transport::Udp => "udp",
                 }),
                 ret: Some(c.ret),
+                unconnected: c.unconnected.then_some(true),
                 ..ActivityRecord::new("connect", rfc3339(self.wall(c.meta.ktime_ns)), c.meta.tgid)
-            })?;
+            });
         }
         if !c.ok() || c.transport != Transport::Tcp {
-            return Ok(());
+            return;
         }
         if self.cfg.miner_ports.contains(&c.peer.port()) {
             self.raise(
@@ -252,42 +263,55 @@ impl State {
                 c.meta.ktime_ns,
                 &Finding::MinerPort { peer: c.peer },
                 Some(c.peer),
-            )?;
+            );
         }
-        Ok(())
     }
 
-    fn on_payload(&mut self, p: Payload) -> std::io::Result<()> {
-        let stream = self
-            .streams
-            .entry(p.meta.tgid)
-            .or_default()
-            .entry(p.cookie)
-            .or_default();
+    fn on_payload(&mut self, p: Payload) {
+        let streams = self.streams.entry(p.meta.tgid).or_default();
+        if !streams.contains_key(&p.cookie) && streams.len() >= STREAMS_PER_PROCESS {
+            self.counters.streams_capped += 1;
+            return;
+        }
+        let stream = streams.entry(p.cookie).or_default();
         stream.peer.get_or_insert(p.peer);
-        if stream.decided {
-            return Ok(());
+        if stream.decided || p.offset < stream.seen {
+            return;
         }
-        if p.offset as usize != stream.buf.len() {
-            // A payload event was lost (ring buffer full): classify what we have.
+        if p.offset > stream.seen {
+            // Records were lost (a full ring): what is held no longer joins what comes.
             self.counters.payload_gaps += 1;
-            stream.buf.resize(p.offset as usize, 0);
+            stream.buf.clear();
+            stream.resync = true;
         }
-        stream.buf.extend_from_slice(&p.data);
-        stream.sends += 1;
+        stream.seen = p.offset.saturating_add(p.total);
+        let mut data = &p.data[..];
+        if stream.resync {
+            // A message starts after a newline: Stratum is one JSON object per line.
+            match data.iter().position(|&c| c == b'\n') {
+                Some(i) => {
+                    data = &data[i + 1..];
+                    stream.resync = false;
+                }
+                None => data = &[],
+            }
+        }
+        stream.buf.extend_from_slice(data);
         // A packet longer than its capture means the bytes that follow are mid-message: what
-        // we hold now is all the classifier will get.
+        // we hold now is all the classifier will get. So it is when the kernel's budget is spent.
         let truncated = (p.total as usize) > p.data.len();
-        let complete =
-            truncated || stream.buf.len() >= WATCH_BYTES as usize || stream.sends >= WATCH_SENDS;
-        let verdict = stratum::classify(&stream.buf, complete);
+        let complete = truncated || p.last;
+        let verdict = if stream.resync && !complete {
+            Verdict::NeedMore
+        } else {
+            stratum::classify(&stream.buf, complete)
+        };
         let peer = stream.peer;
         match verdict {
-            Verdict::NeedMore => Ok(()),
+            Verdict::NeedMore => {}
             Verdict::NotStratum => {
                 stream.decided = true;
                 stream.buf = Vec::new();
-                Ok(())
             }
             Verdict::Stratum(call) => {
                 stream.decided = true;
@@ -300,18 +324,13 @@ impl State {
                     p.meta.ktime_ns,
                     &Finding::Stratum { call, peer },
                     peer,
-                )
+                );
             }
         }
     }
 
     /// CPU shares since the last poll, from the per-CPU sample counts.
-    fn on_cpu_tick(
-        &mut self,
-        maps: &mut CpuMaps,
-        dt: Duration,
-        now_ns: u64,
-    ) -> std::io::Result<()> {
+    fn on_cpu_tick(&mut self, maps: &mut CpuMaps, dt: Duration, now_ns: u64) {
         let hz = self.cfg.cpu_sample_hz as f64;
         // Prune exited processes first: summed afterwards, they would be tracked (and kept in
         // `cpu_prev`/`hw_prev`) again after their exit had forgotten them, for good.
@@ -371,20 +390,13 @@ impl State {
                 in_job,
                 ipc: self.ipc.get(&tgid).copied(),
             };
-            self.raise(tgid, now_ns, &f, None)?;
+            self.raise(tgid, now_ns, &f, None);
         }
-        Ok(())
     }
 
-    fn raise(
-        &mut self,
-        pid: u32,
-        ktime_ns: u64,
-        f: &Finding,
-        connection: Option<SocketAddr>,
-    ) -> std::io::Result<()> {
+    fn raise(&mut self, pid: u32, ktime_ns: u64, f: &Finding, connection: Option<SocketAddr>) {
         let Some(alert) = self.engine.observe(pid, ktime_ns, f) else {
-            return Ok(());
+            return;
         };
         let p = self
             .procs
@@ -440,21 +452,20 @@ impl State {
             }
             None => self.pending.push(rec),
         }
-        Ok(())
     }
 
     /// Writes the pending alerts and flushes every output.
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self) {
         for mut rec in std::mem::take(&mut self.pending) {
             let n = self.revisions.entry(rec.pid).or_insert(0);
             rec.update = *n;
             *n += 1;
             self.counters.alerts += 1;
-            self.out.alert(&rec)?;
+            self.out.alert(&rec);
             self.api.emit(rec.at, convert::alert(&rec), true);
         }
         self.api.flush();
-        self.out.flush()
+        self.out.flush();
     }
 
     /// Tells the stream what was lost since the last call: kernel ring-buffer drops (from
@@ -643,8 +654,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         == 2;
     let ebpf = &mut loaded.ebpf;
     let ring: RingBuf<MapData> = bpf_map(ebpf, map::EVENTS)?;
+    let ring_hi: RingBuf<MapData> = bpf_map(ebpf, map::EVENTS_HI)?;
     let stats: PerCpuArray<MapData, u64> = bpf_map(ebpf, map::STATS)?;
-    let mut watch: BpfHashMap<MapData, u64, WatchState> = bpf_map(ebpf, map::WATCH)?;
+    let mut socks: SkStorage<MapData, SockState> = bpf_map(ebpf, map::SOCKS)?;
     let mut cpu_maps = CpuMaps {
         samples: bpf_map(ebpf, map::CPU_SAMPLES)?,
         hw_cycles: if hw_attached {
@@ -673,19 +685,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         if c.pid == me {
             continue;
         }
-        // The socket's cookie, which its packets carry, through a duplicate of the holder's fd.
-        let cookie = match proctable::socket_cookie(c.pid, c.fd) {
-            Ok(cookie) => cookie,
+        // The socket itself, through a duplicate of the holder's fd: its storage is created
+        // through it, and its packets carry its cookie.
+        let (sock, cookie) = match proctable::socket_of(c.pid, c.fd) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(pid = c.pid, fd = c.fd, reason = %e, "cannot watch existing connection");
                 continue;
             }
         };
-        let st = WatchState {
-            tgid: c.pid,
-            ..WatchState::default()
+        let (family, daddr) = match c.peer.ip() {
+            std::net::IpAddr::V4(a) => {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&a.octets());
+                (libc::AF_INET as u16, d)
+            }
+            std::net::IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
         };
-        if watch.insert(cookie, st, 0).is_ok() {
+        let st = SockState {
+            cookie,
+            tgid: c.pid,
+            flags: SOCK_WATCH,
+            family,
+            dport: c.peer.port(),
+            daddr,
+            ..SockState::default()
+        };
+        if socks.insert(&sock, st, 0).is_ok() {
             watched += 1;
             let stream = Stream {
                 peer: Some(c.peer),
@@ -729,12 +755,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         processes_known: st.procs.len(),
         connections_watched: watched,
         saturation_window_s: st.cfg.saturation_window.as_secs(),
-    })?;
+    });
     let report = st.status_report(&kernel_counters(&stats), started);
     st.api.status(api::SensorState::Ready, report, "");
     for p in known.iter().filter(|p| p.pid != me) {
         for f in shape_findings(p) {
-            st.raise(p.pid, now, &f, None)?;
+            st.raise(p.pid, now, &f, None);
         }
     }
     let preexisting_conns: Vec<(u32, SocketAddr)> = st
@@ -744,15 +770,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         .collect();
     for (pid, peer) in preexisting_conns {
         if st.cfg.miner_ports.contains(&peer.port()) {
-            st.raise(pid, now, &Finding::MinerPort { peer }, Some(peer))?;
+            st.raise(pid, now, &Finding::MinerPort { peer }, Some(peer));
         }
     }
-    st.flush()?;
+    st.flush();
 
     // SAFETY: the RingBuf owns its map fd, and the AsyncFd owns the RingBuf, so the fd stays
     // open and the same for the AsyncFd's whole life.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| RunError::Output(std::io::Error::from(e)))?;
+    // SAFETY: as above.
+    let mut ring_hi =
+        unsafe { AsyncFd::register_with_interest(ring_hi, tokio::io::Interest::READABLE) }
+            .map_err(|e| RunError::Output(std::io::Error::from(e)))?;
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cpu_tick = tokio::time::interval(Duration::from_secs(1));
@@ -773,22 +803,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     let reason = loop {
         tokio::select! {
             reason = &mut shutdown => break reason,
+            // Decisive records first: their own ring, which wakes us at once.
+            guard = ring_hi.readable_mut() => {
+                let mut guard = guard?;
+                st.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                st.drain(guard.get_inner_mut())?;
+                st.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
             // Exec, fork and exit events do not wake us (see the eBPF `lazy_wakeup`).
-            _ = drain_tick.tick() => st.drain(ring.get_mut())?,
+            _ = drain_tick.tick() => {
+                st.drain(ring_hi.get_mut());
+                st.drain(ring.get_mut());
+            }
             _ = cpu_tick.tick() => {
                 let dt = last_cpu.elapsed();
                 last_cpu = Instant::now();
-                st.on_cpu_tick(&mut cpu_maps, dt, monotonic_ns())?;
+                st.on_cpu_tick(&mut cpu_maps, dt, monotonic_ns());
                 let kernel = kernel_counters(&stats);
                 st.report_losses(&kernel);
                 let report = st.status_report(&kernel, started);
                 st.api.status(api::SensorState::Running, report, "");
-                st.flush()?;
+                st.flush();
             }
             _ = heartbeat_tick.tick() => {
                 st.api.heartbeat(heartbeat_every.as_secs() as u32);
@@ -796,15 +835,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             }
             _ = stats_tick.tick(), if !stats_every.is_zero() => {
                 let rec = st.stats_record(&stats, &loaded.ebpf, started);
-                st.out.stats(&rec)?;
-                st.out.flush()?;
+                st.out.stats(&rec);
+                st.out.flush();
                 st.api.status_event();
                 st.api.flush();
             }
         }
     };
     // What the kernel handed over before the signal is still delivered.
-    st.drain(ring.get_mut())?;
+    st.drain(ring_hi.get_mut());
+    st.drain(ring.get_mut());
     let kernel = kernel_counters(&stats);
     st.report_losses(&kernel);
     let report = st.status_report(&kernel, started);
@@ -823,13 +863,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     })
     .await;
     let rec = st.stats_record(&stats, &loaded.ebpf, started);
-    st.out.stats(&rec)?;
+    st.out.stats(&rec);
     st.out.stop(&StopRecord {
         kind: "stop",
         ts: rfc3339(SystemTime::now()),
         node: st.cfg.node.clone(),
         reason,
-    })?;
+    });
     Ok(())
 }
 
@@ -862,18 +902,25 @@ where
 
 /// How often the ring is drained without a wake-up: the most an exec-only finding waits.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// Records handled per drain call before the loop looks at its timers again.
+const DRAIN_BATCH: usize = 4096;
 /// How long a stopping sensor waits for collectors to acknowledge its last events.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl State {
-    /// Decodes and handles everything in the ring buffer now.
-    fn drain(&mut self, rb: &mut RingBuf<aya::maps::MapData>) -> std::io::Result<()> {
-        while let Some(item) = rb.next() {
+    /// Decodes and handles what is in one ring buffer now, at most [`DRAIN_BATCH`] records:
+    /// a flood cannot keep the loop from its timers (the rest is read on the next turn).
+    fn drain(&mut self, rb: &mut RingBuf<aya::maps::MapData>) {
+        let mut n = 0;
+        while n < DRAIN_BATCH
+            && let Some(item) = rb.next()
+        {
+            n += 1;
             self.counters.events += 1;
             match Event::try_from(&item[..]) {
                 Ok(ev) => {
                     drop(item);
-                    self.handle(ev)?;
+                    self.handle(ev);
                 }
                 Err(e) => {
                     self.counters.decode_errors += 1;
@@ -881,7 +928,7 @@ impl State {
                 }
             }
         }
-        self.flush()
+        self.flush();
     }
 
     fn status_report(
@@ -895,6 +942,13 @@ impl State {
         counters.insert("decode_errors".into(), self.counters.decode_errors);
         counters.insert("payload_gaps".into(), self.counters.payload_gaps);
         counters.insert("alerts".into(), self.counters.alerts);
+        counters.insert("streams_capped".into(), self.counters.streams_capped);
+        let (jsonl, terminal_errors) = self.out.health();
+        counters.insert("jsonl_write_errors".into(), jsonl.write_errors);
+        counters.insert("jsonl_dropped".into(), jsonl.dropped);
+        counters.insert("jsonl_pending".into(), jsonl.pending);
+        counters.insert("jsonl_reopened".into(), jsonl.reopened);
+        counters.insert("terminal_errors".into(), terminal_errors);
         counters.insert("spool_errors".into(), self.api.spool_errors);
         let (cpu_seconds, rss_kb, _) = self_usage();
         StatusReport {
@@ -943,6 +997,9 @@ impl State {
             alerts: self.counters.alerts,
             processes: self.procs.len(),
             streams: self.streams.values().map(|m| m.len()).sum(),
+            streams_capped: self.counters.streams_capped,
+            jsonl: self.out.health().0,
+            terminal_errors: self.out.health().1,
             cpu_seconds,
             rss_kb,
             peak_rss_kb,

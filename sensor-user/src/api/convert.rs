@@ -63,16 +63,16 @@ pub fn exit(pid: u32, known: Option<&Proc>) -> Body {
     })
 }
 
-pub fn connect(pid: u32, peer: SocketAddr, transport: Transport, ret: i32, fd: i32) -> Body {
+pub fn connect(c: &crate::events::Connect) -> Body {
     Body::Connect(Connect {
-        pid,
-        peer: peer.to_string(),
-        transport: match transport {
+        pid: c.meta.tgid,
+        peer: c.peer.to_string(),
+        transport: match c.transport {
             Transport::Tcp => pb::Transport::Tcp,
-            _ => pb::Transport::Other,
+            Transport::Udp => pb::Transport::Udp,
         } as i32,
-        result: ret,
-        fd,
+        result: c.ret,
+        unconnected: c.unconnected,
     })
 }
 
