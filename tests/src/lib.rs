@@ -22,11 +22,16 @@ use std::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// True when running as root; otherwise says why the test is skipped.
+/// True when running as root; otherwise says why the test is skipped. Under
+/// `MINERWATCH_E2E=required` (set by `cargo xtask test`, so by CI) a skip is a failure: a
+/// runner that lost root must not pass with no kernel coverage.
 pub fn root_or_skip(test: &str) -> bool {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
+    }
+    if std::env::var("MINERWATCH_E2E").is_ok_and(|v| v == "required") {
+        panic!("{test}: loading eBPF programs needs root, and MINERWATCH_E2E=required");
     }
     eprintln!("skipped {test}: loading eBPF programs needs root");
     false
@@ -94,8 +99,12 @@ impl Drop for Proc {
 
 /// A loopback listener that accepts and holds connections, reading what is sent.
 pub fn listener(port: u16) -> (TcpListener, String) {
-    let l = TcpListener::bind(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    listener_on(&format!("127.0.0.1:{port}"))
+}
+
+/// A listener on `addr` (loopback, v4 or v6) that accepts and holds connections.
+pub fn listener_on(addr: &str) -> (TcpListener, String) {
+    let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let addr = l.local_addr().unwrap().to_string();
     let l2 = l.try_clone().unwrap();
     std::thread::spawn(move || {

@@ -279,6 +279,8 @@ fn main() -> ExitCode {
             let mut cmd = Command::new("cargo");
             cmd.args(["test", "--release"]).current_dir(root());
             cmd.env("MINERWATCH_BIN", root().join("target/release/minerwatch"));
+            // Every end-to-end test must run: a missing root is a failure, not a skip.
+            cmd.env("MINERWATCH_E2E", "required");
             cmd.arg("--").arg("--test-threads=1");
             let filtered = filter.is_some();
             if let Some(f) = filter {

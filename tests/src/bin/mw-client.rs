@@ -1,10 +1,14 @@
 //! Drives one behaviour per run for the end-to-end tests, so each has its own pid:
 //! `stratum ADDR write|sendto|sendmsg|writev`, `socks5 PROXY TARGET`, `http ADDR`,
-//! `connect ADDR`, `burn SECONDS`, `hold ADDR`.
+//! `connect ADDR`, `burn SECONDS`, `hold ADDR`, `bytewise ADDR` (the login one byte per
+//! packet), `leader-exit ADDR` (the leader calls `pthread_exit`, a thread sends the login),
+//! `udp ADDR` (one datagram unconnected, one connected), `thread-exec PROG ARGS…` (a
+//! non-leader thread execs), `memfd-exec PROG ARGS…` (PROG copied into a memfd, run with
+//! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd},
     time::{Duration, Instant},
 };
 
@@ -138,6 +142,91 @@ fn main() {
                 s.write_all(KEEPALIVE).expect("keepalive");
             }
             for _ in lines {}
+        }
+        "bytewise" => {
+            // One byte per packet: TCP_NODELAY and a pause, so autocorking cannot merge them.
+            let s = TcpStream::connect(addr(2)).expect("connect");
+            s.set_nodelay(true).expect("TCP_NODELAY");
+            for b in LOGIN {
+                (&s).write_all(std::slice::from_ref(b)).expect("write");
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            linger(s);
+        }
+        "leader-exit" => {
+            let target = addr(2);
+            std::thread::spawn(move || {
+                // Give the leader time to be gone first.
+                std::thread::sleep(Duration::from_millis(300));
+                let mut s = TcpStream::connect(target).expect("connect");
+                s.write_all(LOGIN).expect("login");
+                linger(s);
+                std::process::exit(0);
+            });
+            // What pthread_exit does in the kernel, without the forced unwind Rust's frames
+            // cannot take: SYS_exit ends this thread only, and the leader stays a zombie
+            // while the other thread goes on.
+            // SAFETY: ends this thread; nothing of it is used after.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("SYS_exit returned");
+        }
+        "connect-storm" => {
+            // N connections that each send a few bytes and close.
+            let n: u32 = arg(3).parse().expect("count");
+            for _ in 0..n {
+                if let Ok(mut s) = TcpStream::connect(addr(2)) {
+                    let _ = s.write_all(b"ping\n");
+                }
+            }
+        }
+        "udp" => {
+            let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            u.send_to(b"unconnected", addr(2)).expect("sendto");
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            c.connect(addr(3)).expect("connect");
+            c.send(b"connected").expect("send");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        "thread-exec" => {
+            let argv: Vec<std::ffi::CString> = args[2..]
+                .iter()
+                .map(|a| std::ffi::CString::new(a.as_str()).expect("argument"))
+                .collect();
+            let t = std::thread::spawn(move || {
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: NUL-terminated strings and array that outlive the call.
+                unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+                panic!("execv failed: {}", std::io::Error::last_os_error());
+            });
+            let _ = t.join();
+        }
+        "memfd-exec" => {
+            let image = std::fs::read(arg(2)).expect("read program");
+            // SAFETY: plain syscalls with valid arguments.
+            unsafe {
+                let fd = libc::memfd_create(c"mw-fileless".as_ptr(), 0);
+                assert!(fd >= 0, "memfd_create");
+                let mut f = std::fs::File::from_raw_fd(fd);
+                f.write_all(&image).expect("write memfd");
+                std::mem::forget(f);
+                let argv: Vec<std::ffi::CString> = args[2..]
+                    .iter()
+                    .map(|a| std::ffi::CString::new(a.as_str()).expect("argument"))
+                    .collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                let envp = [std::ptr::null::<libc::c_char>()];
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    c"".as_ptr(),
+                    ptrs.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+                panic!("execveat failed: {}", std::io::Error::last_os_error());
+            }
         }
         other => panic!("unknown command {other}"),
     }
