@@ -337,7 +337,8 @@ impl Jsonl {
         match result {
             Ok(()) => {
                 if let Some(why) = self.failing.take() {
-                    tracing::info!(was = %why, "JSON-lines output writable again");
+                    // At the level of the warning it ends, so whoever saw one sees the other.
+                    tracing::warn!(was = %why, "JSON-lines output writable again");
                     if self.untold_drops > 0 {
                         self.tell_drops();
                         self.flush();

@@ -146,7 +146,12 @@ impl Sensor {
     /// Starts `minerwatch run` with `args` and waits for its `ready` record.
     pub fn start(name: &str, args: &[&str]) -> Sensor {
         let dir = scratch(name);
-        let jsonl = dir.join("out.jsonl");
+        Self::start_writing(&dir, &dir.join("out.jsonl"), args)
+    }
+
+    /// Starts `minerwatch run` writing its JSON lines to `jsonl`, its other files in `dir`.
+    pub fn start_writing(dir: &Path, jsonl: &Path, args: &[&str]) -> Sensor {
+        let jsonl = jsonl.to_path_buf();
         let stderr = dir.join("stderr.txt");
         let socket = dir.join("mw.sock");
         let child = Command::new(sensor_bin())
@@ -278,6 +283,13 @@ impl Sensor {
     }
 
     /// SIGKILL: no stop record, nothing flushed that was not already.
+    /// The sensor process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn kill9(mut self) {
         let mut child = self.child.take().unwrap();
         let _ = child.kill();
