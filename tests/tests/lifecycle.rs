@@ -1,10 +1,6 @@
 //! End-to-end: the evasions and edge cases of process and connection lifecycles: a leader
 //! that exits early, a login one byte per packet, IPv6, UDP destinations, exec from a
 //! non-leader thread and from a memfd, floods beside a login, many short-lived sockets.
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a failed set-up step must fail the test loudly"
-)]
 use std::{
     process::{Command, Stdio},
     time::Duration,

@@ -172,11 +172,18 @@ impl Client {
             tokio::select! {
                 ack = acks.message() => {
                     let ack = ack?.ok_or(PushError::Closed)?;
-                    self.reader.ack(ack.acked_seq)?;
-                    while in_flight.front().is_some_and(|&s| s <= ack.acked_seq) {
+                    // An acknowledgement past what was sent (a buggy or hostile collector)
+                    // must not delete spool that never left: clamp it to the last sent.
+                    let sent = in_flight.back().copied().unwrap_or_else(|| self.reader.acked());
+                    let acked = ack.acked_seq.min(sent);
+                    if ack.acked_seq > sent {
+                        tracing::warn!(collector = %self.url, acked = ack.acked_seq, sent, "collector acknowledged events it was never sent; taken as the last one sent");
+                    }
+                    self.reader.ack(acked)?;
+                    while in_flight.front().is_some_and(|&s| s <= acked) {
                         in_flight.pop_front();
                     }
-                    self.set(|s| s.acked_seq = ack.acked_seq);
+                    self.set(|s| s.acked_seq = acked);
                 }
                 r = flushed.changed(), if in_flight.len() < IN_FLIGHT => {
                     if r.is_err() {
