@@ -803,9 +803,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     let reason = loop {
         tokio::select! {
             reason = &mut shutdown => break reason,
-            // Decisive records first: their own ring, which wakes us at once.
+            // First bytes have their own ring, which wakes us at once. What the lifecycle
+            // ring holds happened before them (the exec before its process's connect and
+            // login), so it is handled first: alerts then carry the exec's evidence.
             guard = ring_hi.readable_mut() => {
                 let mut guard = guard?;
+                st.drain(ring.get_mut());
                 st.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
@@ -816,8 +819,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             }
             // Exec, fork and exit events do not wake us (see the eBPF `lazy_wakeup`).
             _ = drain_tick.tick() => {
-                st.drain(ring_hi.get_mut());
                 st.drain(ring.get_mut());
+                st.drain(ring_hi.get_mut());
             }
             _ = cpu_tick.tick() => {
                 let dt = last_cpu.elapsed();
@@ -843,8 +846,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         }
     };
     // What the kernel handed over before the signal is still delivered.
-    st.drain(ring_hi.get_mut());
     st.drain(ring.get_mut());
+    st.drain(ring_hi.get_mut());
     let kernel = kernel_counters(&stats);
     st.report_losses(&kernel);
     let report = st.status_report(&kernel, started);
