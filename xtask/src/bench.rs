@@ -261,6 +261,18 @@ impl Running {
                 Running::Auditd
             }
             Tool::Bpftrace => {
+                // bpftrace's tracepoints need tracefs, which minerwatch no longer mounts (it
+                // attaches no classic tracepoint); some systems, this VM among them, lack it.
+                if !Path::new("/sys/kernel/tracing/events").is_dir()
+                    && !Path::new("/sys/kernel/debug/tracing/events").is_dir()
+                {
+                    crate::run(Command::new("mount").args([
+                        "-t",
+                        "tracefs",
+                        "nodev",
+                        "/sys/kernel/tracing",
+                    ]))?;
+                }
                 let log = ctx.out.join("bpftrace.out");
                 let _ = std::fs::remove_file(&log);
                 let child = Command::new("bpftrace")
