@@ -2,7 +2,7 @@
 use std::pin::Pin;
 
 use minerwatch_proto::v1::{
-    PushRequest, PushResponse,
+    Node, PushRequest, PushResponse,
     collector_service_server::{CollectorService, CollectorServiceServer},
 };
 use tokio::sync::mpsc;
@@ -41,11 +41,19 @@ impl From<PushError> for Status {
     }
 }
 
-fn check(req: &PushRequest) -> Result<(), PushError> {
+/// Checks a batch and stamps the stream's node (`stream`, from the first request that named
+/// one) on the events that came without theirs.
+fn check(req: &mut PushRequest, stream: &mut Option<Node>) -> Result<(), PushError> {
     if req.events.len() > MAX_BATCH {
         return Err(PushError::TooMany(req.events.len()));
     }
-    for (index, ev) in req.events.iter().enumerate() {
+    if let Some(n) = req.node.take().filter(|n| !n.host.is_empty()) {
+        *stream = Some(n);
+    }
+    for (index, ev) in req.events.iter_mut().enumerate() {
+        if ev.node.is_none() {
+            ev.node = stream.clone();
+        }
         if ev.node.as_ref().is_none_or(|n| n.host.is_empty()) {
             return Err(PushError::NoNode { index });
         }
@@ -83,8 +91,9 @@ impl CollectorService for Collector {
         tokio::spawn(async move {
             tracing::info!(%peer, "sensor connected");
             let mut acked = 0u64;
+            let mut node = None;
             loop {
-                let batch = match inbound.message().await {
+                let mut batch = match inbound.message().await {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(status) => {
@@ -94,7 +103,7 @@ impl CollectorService for Collector {
                         break;
                     }
                 };
-                if let Err(e) = check(&batch) {
+                if let Err(e) = check(&mut batch, &mut node) {
                     tracing::warn!(%peer, reason = %e, "batch refused");
                     let _ = tx.send(Err(e.into())).await;
                     break;
@@ -132,20 +141,17 @@ mod tests {
 
     #[test]
     fn batches_without_identity_are_refused_with_invalid_argument() {
+        let n1 = Node {
+            host: "n1".into(),
+            ..Default::default()
+        };
         let ok = Event {
-            node: Some(Node {
-                host: "n1".into(),
-                ..Default::default()
-            }),
+            node: Some(n1.clone()),
             seq: 1,
             ..Default::default()
         };
-        assert!(
-            check(&PushRequest {
-                events: vec![ok.clone()]
-            })
-            .is_ok()
-        );
+        let req = |events| PushRequest { events, node: None };
+        assert!(check(&mut req(vec![ok.clone()]), &mut None).is_ok());
         for bad in [
             Event {
                 node: None,
@@ -156,11 +162,48 @@ mod tests {
                 ..ok.clone()
             },
         ] {
-            let e = check(&PushRequest {
-                events: vec![ok.clone(), bad],
-            })
-            .unwrap_err();
+            let e = check(&mut req(vec![ok.clone(), bad]), &mut None).unwrap_err();
             assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
         }
+    }
+
+    #[test]
+    fn the_stream_node_is_stamped_on_events_without_one() {
+        let n1 = Node {
+            host: "n1".into(),
+            ..Default::default()
+        };
+        let old = Node {
+            host: "n1".into(),
+            boot_id: "earlier".into(),
+            ..Default::default()
+        };
+        let bare = Event {
+            seq: 1,
+            ..Default::default()
+        };
+        let spooled = Event {
+            node: Some(old.clone()),
+            seq: 2,
+            ..Default::default()
+        };
+        let mut stream = None;
+        let mut first = PushRequest {
+            events: vec![bare.clone(), spooled],
+            node: Some(n1.clone()),
+        };
+        check(&mut first, &mut stream).unwrap();
+        assert_eq!(first.events[0].node.as_ref(), Some(&n1));
+        assert_eq!(
+            first.events[1].node.as_ref(),
+            Some(&old),
+            "an event's own node stays"
+        );
+        let mut next = PushRequest {
+            events: vec![bare],
+            node: None,
+        };
+        check(&mut next, &mut stream).unwrap();
+        assert_eq!(next.events[0].node.as_ref(), Some(&n1), "later batches too");
     }
 }

@@ -269,6 +269,9 @@ pub fn to_text(ev: &Event) -> String {
                 let chain = parent_chain(p.parents.iter().map(|a| (a.comm.as_str(), a.pid)));
                 s += &format!("    from  {chain}\n");
             }
+            if !p.cgroup.is_empty() {
+                s += &format!("    cgroup {}\n", printable(&p.cgroup));
+            }
             if !a.connection.is_empty() {
                 s += &format!("    peer  {}\n", a.connection);
             }

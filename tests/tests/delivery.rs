@@ -172,6 +172,61 @@ fn alert_reaches_collector_database_and_sink_plain() {
 }
 
 #[test]
+fn collectors_get_what_is_decisive_unless_asked_for_activity() {
+    if !root_or_skip("collectors_get_what_is_decisive_unless_asked_for_activity") {
+        return;
+    }
+    let c = Collector::start("filtered", "127.0.0.1:0", &[]);
+    let spool = scratch("filtered-spool");
+    let url = format!("http://{}", c.addr);
+    let args = [
+        "--collector",
+        &url,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--heartbeat-interval",
+        "1",
+    ];
+    let mut s = Sensor::start("filtered-sensor", &args);
+    exec_storm(200).wait();
+    let (_c, pid) = stratum_alert();
+    s.wait_alert(pid, "stratum_protocol", Duration::from_secs(10))
+        .expect("sensor alert");
+    alert_in_collector(&c, pid);
+    // The positive barrier: a heartbeat sent after the storm and the alert is stored.
+    let after = s.status()["last_seq"].as_u64().unwrap();
+    c.wait_row(
+        &["events", "--kind", "heartbeat"],
+        Duration::from_secs(10),
+        |e| e["seq"].as_u64().unwrap_or(0) > after,
+    )
+    .expect("a heartbeat after the alert");
+    for kind in ["exec", "exit", "connect"] {
+        let got = c.query(&["events", "--kind", kind]);
+        assert!(
+            got.is_empty(),
+            "{kind} pushed without --push-activity: {:?}",
+            got.first()
+        );
+    }
+    for kind in ["stratum", "status"] {
+        assert!(
+            !c.query(&["events", "--kind", kind]).is_empty(),
+            "no {kind} event stored"
+        );
+    }
+    // The sensor sends its node once per stream; the collector stamps it on every event.
+    let nodes = c.query(&["nodes"]);
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(
+        c.query(&["events"])
+            .iter()
+            .all(|e| e["node"] == nodes[0]["node"]),
+        "an event stored without the stream's node"
+    );
+}
+
+#[test]
 fn alert_reaches_collector_with_mutual_tls() {
     if !root_or_skip("alert_reaches_collector_with_mutual_tls") {
         return;
@@ -229,7 +284,13 @@ fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     let url = format!("http://{}", c.addr);
     let s = Sensor::start(
         "deliver-kill-sensor",
-        &["--collector", &url, "--spool-dir", spool.to_str().unwrap()],
+        &[
+            "--collector",
+            &url,
+            "--push-activity",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
     );
     let first = s.status()["last_seq"].as_u64().unwrap();
     let storm = exec_storm(3000);
@@ -275,7 +336,13 @@ fn sensor_restart_replays_its_spool() {
     };
     let url = format!("http://127.0.0.1:{port}");
     let spool = scratch("replay-spool");
-    let args = ["--collector", &url, "--spool-dir", spool.to_str().unwrap()];
+    let args = [
+        "--collector",
+        &url,
+        "--push-activity",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
     let s = Sensor::start("replay-1", &args);
     let (_c, pid) = stratum_alert();
     exec_storm(500).wait();
@@ -359,7 +426,13 @@ fn stuck_api_client_slows_neither_other_clients_nor_the_collector() {
     let url = format!("http://{}", c.addr);
     let s = Sensor::start(
         "stuck-sensor",
-        &["--collector", &url, "--spool-dir", spool.to_str().unwrap()],
+        &[
+            "--collector",
+            &url,
+            "--push-activity",
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
     );
     let events_cmd = |out: Stdio| {
         Proc::spawn(

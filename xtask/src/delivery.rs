@@ -78,6 +78,8 @@ fn sensor(bin: &Path, dir: &Path, url: &str) -> Result<(Guard, PathBuf)> {
             "0",
             "--collector",
             url,
+            // Throughput is measured on everything the sensor sees, not only findings.
+            "--push-activity",
         ])
         .arg("--spool-dir")
         .arg(dir.join("spool"))

@@ -113,14 +113,30 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
+/// The eBPF toolchain as the workspace's `[workspace.metadata.ebpf]` names it: the channel,
+/// and the compiler the project was last built and tested with.
+pub(crate) fn ebpf_toolchain() -> Result<(String, String)> {
+    let text = std::fs::read_to_string(root().join("Cargo.toml"))?;
+    let doc: toml::Table = text.parse().context("Cargo.toml")?;
+    let ebpf = &doc["workspace"]["metadata"]["ebpf"];
+    let get = |k: &str| {
+        ebpf.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("[workspace.metadata.ebpf] {k} missing from Cargo.toml"))
+    };
+    Ok((get("toolchain")?, get("tested")?))
+}
+
 fn setup() -> Result<()> {
-    step("checking the nightly toolchain and rust-src");
+    let (nightly, tested) = ebpf_toolchain()?;
+    step(&format!("checking the {nightly} toolchain and rust-src"));
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+    if !toolchains.lines().any(|l| l.starts_with(&nightly)) {
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
         ]))?;
@@ -129,7 +145,7 @@ fn setup() -> Result<()> {
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        &nightly,
         "--installed",
     ]))
     .unwrap_or_default();
@@ -139,8 +155,22 @@ fn setup() -> Result<()> {
             "add",
             "rust-src",
             "--toolchain",
-            "nightly",
+            &nightly,
         ]))?;
+    }
+    let found = output(
+        Command::new("rustc")
+            .arg(format!("+{nightly}"))
+            .arg("--version"),
+    )
+    .unwrap_or_default();
+    if found.trim() != tested {
+        eprintln!(
+            "    note: the eBPF crate was last built and tested with {tested}; this machine's \
+             {nightly} is {}. Building with it; if the eBPF build or the verifier fails, this \
+             is what changed.",
+            found.trim()
+        );
     }
 
     step("checking bpf-linker");
@@ -170,8 +200,13 @@ fn setup() -> Result<()> {
 /// version is packaged here, but nightly ships `libLLVM.so.<ver>-rust-*` exporting the C API:
 /// point bpf-linker's build at it through a stub `llvm-config`.
 fn install_bpf_linker() -> Result<()> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("rustc +nightly --print sysroot")?;
+    let (nightly, _) = ebpf_toolchain()?;
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{nightly}"))
+            .args(["--print", "sysroot"]),
+    )
+    .with_context(|| format!("rustc +{nightly} --print sysroot"))?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)?
         .flatten()
@@ -233,6 +268,88 @@ fn build() -> Result<()> {
         .current_dir(root()))
 }
 
+/// Set-up and build, formatting and lints, every test, the benchmark smoke run; a table of
+/// what each phase cost at the end, whether it passed or not.
+fn test(filter: Option<String>) -> Result<()> {
+    let mut phases: Vec<(&str, std::time::Duration, bool)> = Vec::new();
+    let mut phase = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| {
+        let t = std::time::Instant::now();
+        let r = f();
+        phases.push((name, t.elapsed(), r.is_ok()));
+        r
+    };
+    let filtered = filter.is_some();
+    let result = (|| {
+        phase("set-up and build", &mut build)?;
+        phase("formatting", &mut || {
+            step("checking formatting");
+            run(Command::new("cargo")
+                .args(["fmt", "--all", "--", "--check"])
+                .current_dir(root()))
+        })?;
+        phase("clippy", &mut || {
+            step("clippy on the workspace");
+            run(Command::new("cargo")
+                .args([
+                    "clippy",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "minerwatch-ebpf",
+                ])
+                .args(["--all-targets", "--", "-D", "warnings"])
+                .current_dir(root()))
+        })?;
+        phase("clippy (eBPF)", &mut || {
+            step("clippy on the eBPF crate, for the BPF target");
+            let (nightly, _) = ebpf_toolchain()?;
+            run(Command::new("rustup")
+                .args(["run", &nightly, "cargo", "clippy", "--quiet", "--release"])
+                .args([
+                    "--package",
+                    "minerwatch-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--target-dir"])
+                .arg(root().join("target/ebpf"))
+                .args(["--", "-D", "warnings"])
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .current_dir(root()))
+        })?;
+        phase("tests", &mut || {
+            step("running every test");
+            let mut cmd = Command::new("cargo");
+            cmd.args(["test", "--release"]).current_dir(root());
+            cmd.env("MINERWATCH_BIN", root().join("target/release/minerwatch"));
+            // Every end-to-end test must run: a missing root is a failure, not a skip.
+            cmd.env("MINERWATCH_E2E", "required");
+            cmd.arg("--").arg("--test-threads=1");
+            if let Some(f) = &filter {
+                cmd.arg(f);
+            }
+            run(&mut cmd)
+        })?;
+        if !filtered {
+            phase("benchmark smoke run", &mut || {
+                step("benchmark smoke run (seconds; the full run is `cargo xtask bench all`)");
+                bench::all(&root(), &bench::Sizes::smoke())
+            })?;
+        }
+        Ok(())
+    })();
+    eprintln!("\n==> time per phase");
+    let mut total = std::time::Duration::ZERO;
+    for (name, took, ok) in &phases {
+        total += *took;
+        let mark = if *ok { "ok" } else { "FAILED" };
+        eprintln!("    {name:<22} {:>7.1} s  {mark}", took.as_secs_f64());
+    }
+    eprintln!("    {:<22} {:>7.1} s", "total", total.as_secs_f64());
+    result
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -259,40 +376,7 @@ fn main() -> ExitCode {
                 BenchCmd::Delivery { smoke } => bench::delivery(&root(), &sizes(smoke)),
             }
         }),
-        Cmd::Test { filter } => build().and_then(|()| {
-            step("checking formatting and lints");
-            run(Command::new("cargo")
-                .args(["fmt", "--all", "--", "--check"])
-                .current_dir(root()))?;
-            run(Command::new("cargo")
-                .args([
-                    "clippy",
-                    "--release",
-                    "--workspace",
-                    "--exclude",
-                    "sensor-ebpf",
-                    "--all-targets",
-                ])
-                .args(["--", "-D", "warnings"])
-                .current_dir(root()))?;
-            step("running every test");
-            let mut cmd = Command::new("cargo");
-            cmd.args(["test", "--release"]).current_dir(root());
-            cmd.env("MINERWATCH_BIN", root().join("target/release/minerwatch"));
-            // Every end-to-end test must run: a missing root is a failure, not a skip.
-            cmd.env("MINERWATCH_E2E", "required");
-            cmd.arg("--").arg("--test-threads=1");
-            let filtered = filter.is_some();
-            if let Some(f) = filter {
-                cmd.arg(f);
-            }
-            run(&mut cmd)?;
-            if filtered {
-                return Ok(());
-            }
-            step("benchmark smoke run (seconds; the full run is `cargo xtask bench all`)");
-            bench::all(&root(), &bench::Sizes::smoke())
-        }),
+        Cmd::Test { filter } => test(filter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,9 @@
 //! packet), `leader-exit ADDR` (the leader calls `pthread_exit`, a thread sends the login),
 //! `udp ADDR` (one datagram unconnected, one connected), `thread-exec PROG ARGS…` (a
 //! non-leader thread execs), `memfd-exec PROG ARGS…` (PROG copied into a memfd, run with
-//! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections).
+//! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections),
+//! `padded ADDR one|split` (2 KiB of whitespace before the login, in the login's write or
+//! in writes of their own).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -150,6 +152,22 @@ fn main() {
             for b in LOGIN {
                 (&s).write_all(std::slice::from_ref(b)).expect("write");
                 std::thread::sleep(Duration::from_micros(300));
+            }
+            linger(s);
+        }
+        "padded" => {
+            let s = TcpStream::connect(addr(2)).expect("connect");
+            s.set_nodelay(true).expect("TCP_NODELAY");
+            let blank: Vec<u8> = b" \t\r\n".iter().copied().cycle().take(2048).collect();
+            if arg(3) == "split" {
+                for part in blank.chunks(512) {
+                    (&s).write_all(part).expect("write");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (&s).write_all(LOGIN).expect("write");
+            } else {
+                (&s).write_all(&[&blank[..], LOGIN].concat())
+                    .expect("write");
             }
             linger(s);
         }

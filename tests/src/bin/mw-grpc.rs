@@ -89,6 +89,7 @@ async fn run(args: Vec<String>) -> String {
             };
             let req = PushRequest {
                 events: vec![ev; 20],
+                node: None,
             };
             let mut c = CollectorServiceClient::new(ch);
             let r = async {

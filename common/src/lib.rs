@@ -1,0 +1,349 @@
+//! The ABI shared by the eBPF programs and the `minerwatch` daemon.
+//!
+//! Data only: `#[repr(C)]` structs of fixed-width integers and byte arrays, with explicit
+//! padding, and the constants both sides must agree on. Every wire struct has a size assert,
+//! so a layout change on one side fails the build instead of corrupting events.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Names of the maps in the eBPF object.
+pub mod map {
+    /// BPF ring buffer for lifecycle events (exec, fork, exit, connect): large, and lossy
+    /// under floods, with every loss counted.
+    pub const EVENTS: &str = "EVENTS";
+    /// BPF ring buffer for rare, decisive events (first bytes of connections): a flood of
+    /// lifecycle events cannot crowd these out.
+    pub const EVENTS_HI: &str = "EVENTS_HI";
+    /// Per-CPU array of `u64` counters indexed by [`crate::stat`].
+    pub const STATS: &str = "STATS";
+    /// Socket-local storage ([`SockState`]) of every socket the sensor follows: freed by the
+    /// kernel with the socket, so it has no capacity to run out of and nothing to evict.
+    pub const SOCKS: &str = "SOCKS";
+    /// cpu-clock samples per thread group id.
+    pub const CPU_SAMPLES: &str = "CPU_SAMPLES";
+    /// Hardware cycle-counter overflows per thread group id (nodes with a PMU).
+    pub const HW_CYCLES: &str = "HW_CYCLES";
+    /// Hardware instruction-counter overflows per thread group id (nodes with a PMU).
+    pub const HW_INSNS: &str = "HW_INSNS";
+}
+
+/// Names of the read-only globals the loader sets before loading.
+pub mod global {
+    /// Thread group id of the sensor itself; every hook skips it.
+    pub const SENSOR_TGID: &str = "SENSOR_TGID";
+    /// The [`crate::KernelOffsets`] of the running kernel, from BTF.
+    pub const OFFSETS: &str = "OFFSETS";
+}
+
+/// Byte offsets of the kernel struct members the programs read, from the running kernel's
+/// BTF (Rust eBPF has no CO-RE yet). One global, set once by the loader; zero means unknown,
+/// and the hooks that need a field then fall back as their docs say.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `mm_struct.arg_start` (`arg_end` follows it)
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`
+    pub mm_arg_end: u32,
+    /// `signal_struct.live` (threads of the group still alive)
+    pub signal_live: u32,
+    /// `linux_binprm.filename`
+    pub bprm_filename: u32,
+    /// `sock.sk_err` (why a connect failed)
+    pub sock_err: u32,
+    /// `task_struct.start_boottime`: with the tgid, a process's identity (what
+    /// `/proc/<pid>/stat` shows as `starttime`, in clock ticks).
+    pub task_start_boottime: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 40);
+
+impl KernelOffsets {
+    pub const ZERO: Self = Self {
+        task_tgid: 0,
+        task_real_parent: 0,
+        task_mm: 0,
+        task_signal: 0,
+        mm_arg_start: 0,
+        mm_arg_end: 0,
+        signal_live: 0,
+        bprm_filename: 0,
+        sock_err: 0,
+        task_start_boottime: 0,
+    };
+}
+
+/// Event kinds, the first field of every event.
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const EXIT: u32 = 3;
+    pub const CONNECT: u32 = 4;
+    pub const PAYLOAD: u32 = 5;
+    /// A followed TCP connection closed: user space drops what it kept for it.
+    pub const CLOSE: u32 = 6;
+}
+
+/// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
+pub mod stat {
+    pub const RINGBUF_FULL_EXEC: u32 = 0;
+    pub const RINGBUF_FULL_FORK: u32 = 1;
+    pub const RINGBUF_FULL_EXIT: u32 = 2;
+    pub const RINGBUF_FULL_CONNECT: u32 = 3;
+    pub const RINGBUF_FULL_PAYLOAD: u32 = 4;
+    /// An exec whose new image had no readable argument area (its argv is taken from /proc).
+    pub const EXEC_ARGV_MISSING: u32 = 5;
+    /// `bpf_probe_read_user*` failed (paged-out or bad user pointer).
+    pub const READ_USER_FAILED: u32 = 6;
+    /// `bpf_probe_read_kernel` failed.
+    pub const READ_KERNEL_FAILED: u32 = 7;
+    /// A map insert failed (a bounded hash map is full).
+    pub const MAP_FULL: u32 = 8;
+    /// Socket-local storage could not be created (out of memory): that socket is not followed.
+    pub const SOCK_STORAGE_FAILED: u32 = 9;
+    /// A close record was lost to a full ring (user space forgets the stream at exit instead).
+    pub const RINGBUF_FULL_CLOSE: u32 = 10;
+    /// A socket reached the most records it may send up before its byte budget was spent
+    /// (many tiny packets): capture stopped for it.
+    pub const PAYLOAD_RECORDS_CAPPED: u32 = 11;
+    /// A connection sent more than `BLANK_MAX` bytes of whitespace first: capture stopped.
+    pub const PAYLOAD_BLANK_CAPPED: u32 = 12;
+    /// Number of counters; the size of the `STATS` map.
+    pub const COUNT: u32 = 13;
+
+    /// Human names, indexed like the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full_exec",
+        "ringbuf_full_fork",
+        "ringbuf_full_exit",
+        "ringbuf_full_connect",
+        "ringbuf_full_payload",
+        "exec_argv_missing",
+        "read_user_failed",
+        "read_kernel_failed",
+        "map_full",
+        "sock_storage_failed",
+        "ringbuf_full_close",
+        "payload_records_capped",
+        "payload_blank_capped",
+    ];
+}
+
+pub const COMM_LEN: usize = 16;
+pub const FILENAME_CAP: usize = 256;
+/// argv bytes captured per exec (NUL-separated, as the kernel laid them out for the new
+/// image). A record carries only the bytes used.
+pub const ARGV_CAP: usize = 2048;
+/// Largest slice copied from one packet.
+pub const PAYLOAD_CAP: usize = 1024;
+/// A new TCP connection is watched until this many payload bytes were sent up...
+pub const WATCH_BYTES: u32 = 2048;
+/// ...or this many records, whatever they held: a login written one byte per packet (some
+/// 600 records) is still captured whole, and tiny packets cannot flood the decisive ring.
+pub const WATCH_RECORDS: u32 = 1024;
+/// Most leading whitespace skipped on one connection; past it the connection is no longer
+/// watched (counted as `payload_blank_capped`).
+pub const BLANK_MAX: u32 = 64 * 1024;
+
+/// Events between two hardware-counter samples: cycles and instructions are sampled with
+/// this period, so samples x period estimates each process's count.
+pub const HW_SAMPLE_PERIOD: u64 = 10_000_000;
+
+/// `ExecEvent::flags`: argv was longer than [`ARGV_CAP`].
+pub const EXEC_ARGV_TRUNCATED: u32 = 1;
+/// `ExecEvent::flags`: no argv was captured for this exec.
+pub const EXEC_ARGV_MISSING: u32 = 2;
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread group id (the process id users see).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 32);
+
+/// A successful exec, as the new image starts. The record is cut after the `argv_len`
+/// bytes of `argv` that are used ([`EXEC_FIXED`] plus `argv_len` bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Thread id that called exec (differs from `hdr.tgid` when a non-leader thread did).
+    pub old_tid: u32,
+    /// Bytes used in `argv`.
+    pub argv_len: u32,
+    pub flags: u32,
+    /// The process's `start_boottime` (ns; exec keeps it), or 0 without the BTF offset.
+    pub start_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    /// The path the kernel executed (`bprm->filename`).
+    pub filename: [u8; FILENAME_CAP],
+    /// NUL-separated arguments.
+    pub argv: [u8; ARGV_CAP],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 32 + 32 + COMM_LEN + FILENAME_CAP + ARGV_CAP);
+/// Size of an [`ExecEvent`] without its `argv`: the shortest exec record.
+pub const EXEC_FIXED: usize = 32 + 32 + COMM_LEN + FILENAME_CAP;
+
+/// A new process (not a new thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub hdr: EventHeader,
+    pub child_tgid: u32,
+    pub _pad: u32,
+    /// The child's `start_boottime` (ns), or 0 without the BTF offset.
+    pub child_start_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<ForkEvent>() == 64);
+
+/// The last thread of a process exited (its thread group is dead, whichever thread was last).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: EventHeader,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 32);
+
+/// `ConnectEvent::proto` values.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `ConnectEvent::flags`: a datagram sent on an unconnected UDP socket (`cgroup/sendmsg*`);
+/// reported when the destination differs from the socket's previous one.
+pub const CONNECT_UNCONNECTED_SEND: u8 = 1;
+
+/// An outbound connection: a TCP connect with its outcome (reported when the handshake
+/// ends), a connected UDP socket, or a new destination of an unconnected UDP socket.
+/// `hdr.tgid` is the process that connected the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub hdr: EventHeader,
+    /// The socket's cookie (unique for the boot).
+    pub cookie: u64,
+    /// 0, or the errno (positive) a TCP connect failed with.
+    pub error: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`CONNECT_UNCONNECTED_SEND`] or 0.
+    pub flags: u8,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    pub _pad: [u8; 6],
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 72);
+
+/// `PayloadEvent::flags`: records for this socket were lost before this one (a full ring):
+/// the bytes between the previous record and `offset` are unknown.
+pub const PAYLOAD_GAP: u32 = 1;
+/// `PayloadEvent::flags`: the last record for this socket (budget spent).
+pub const PAYLOAD_LAST: u32 = 2;
+/// `PayloadEvent::flags`: every byte of the stream before this record was whitespace, not
+/// sent up: a jump in `offset` is not a loss.
+pub const PAYLOAD_AFTER_BLANK: u32 = 4;
+
+/// Payload a process sent on a watched TCP socket, as it left in a packet. `hdr.tgid` is the
+/// process that connected the socket (packets may leave outside its context).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    pub hdr: EventHeader,
+    /// The socket's cookie (unique for the boot).
+    pub cookie: u64,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// `PAYLOAD_*` flags.
+    pub flags: u32,
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6, network order.
+    pub daddr: [u8; 16],
+    /// Payload bytes of this connection before this packet (from the TCP sequence number).
+    pub offset: u32,
+    /// Bytes of `data` that are valid.
+    pub len: u32,
+    /// Payload bytes in the packet.
+    pub total: u32,
+    pub _pad1: u32,
+    pub data: [u8; PAYLOAD_CAP],
+}
+const _: () = assert!(size_of::<PayloadEvent>() == 32 + 48 + PAYLOAD_CAP);
+
+/// A followed TCP connection closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub hdr: EventHeader,
+    pub cookie: u64,
+}
+const _: () = assert!(size_of::<CloseEvent>() == 40);
+
+/// `SockState::flags`: the first bytes of this TCP socket are captured.
+pub const SOCK_WATCH: u32 = 1;
+/// `SockState::flags`: a TCP connect is in flight; its outcome is reported.
+pub const SOCK_CONNECTING: u32 = 2;
+/// `SockState::flags`: user space keeps a stream for this socket and wants its close.
+pub const SOCK_STREAM_KEPT: u32 = 4;
+/// `SockState::flags`: the last payload record was lost; the next one carries [`PAYLOAD_GAP`].
+pub const SOCK_GAP: u32 = 8;
+
+/// Socket-local storage (`SOCKS`) of a followed socket: who connected it, where to, and what
+/// has been captured so far. Lives and dies with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub flags: u32,
+    /// Payload bytes that passed (the stream offset of the next expected byte), against
+    /// [`WATCH_BYTES`].
+    pub bytes: u32,
+    /// Leading bytes of the stream that were all whitespace (JSON allows it before a
+    /// message). They are not sent up and do not count against [`WATCH_BYTES`], so padding
+    /// cannot spend the budget; [`BLANK_MAX`] bounds how much is skipped.
+    pub blank: u32,
+    /// Records sent up, against [`WATCH_RECORDS`].
+    pub records: u32,
+    /// Sequence number of the first payload byte, once `has_isn` is 1.
+    pub isn: u32,
+    pub has_isn: u32,
+    pub family: u16,
+    pub dport: u16,
+    /// Destination (for TCP: of the connect; for unconnected UDP: of the last datagram).
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<SockState>() == 64);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), integer and byte-array fields only, explicit padding.
+    unsafe impl aya::Pod for super::SockState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,451 @@
+//! The detection engine: pure functions over evidence. No I/O, no aya, no tokio — findings
+//! go in, alert updates come out, so every rule is tested with plain data.
+//!
+//! Each finding becomes a *reason* with a code, a weight and its evidence in words. An alert
+//! is one per process; it is emitted when first raised and again only when a new reason
+//! appears or the severity rises, never once a second.
+#![forbid(unsafe_code)]
+
+pub mod indicators;
+pub mod saturation;
+pub mod stratum;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use hashbrown::HashMap;
+
+use crate::stratum::{Proxy, StratumCall};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// Severity of a total weight. One weak signal (weight ≤ 30) stays below high; Stratum on
+    /// the wire (60) is high by itself; independent evidence adds up to critical.
+    pub fn from_score(score: u32) -> Self {
+        match score {
+            90.. => Severity::Critical,
+            60.. => Severity::High,
+            30.. => Severity::Medium,
+            15.. => Severity::Low,
+            _ => Severity::Info,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "info" => Severity::Info,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// Reason codes: stable strings, documented in the README.
+pub mod code {
+    pub const STRATUM: &str = "stratum_protocol";
+    pub const MINER_CMDLINE: &str = "miner_cmdline";
+    pub const FAKE_KERNEL_THREAD: &str = "fake_kernel_thread";
+    pub const EXE_LOCATION: &str = "suspicious_exe_location";
+    pub const CPU_SATURATION: &str = "cpu_saturation";
+    pub const MINER_PORT: &str = "miner_port";
+}
+
+/// Evidence about one process, produced by the sensor from kernel events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finding {
+    Stratum {
+        call: StratumCall,
+        peer: Option<SocketAddr>,
+    },
+    MinerCmdline {
+        indicators: Vec<String>,
+    },
+    FakeKernelThread {
+        comm: String,
+        exe: String,
+    },
+    ExeLocation {
+        exe: String,
+        why: &'static str,
+    },
+    /// `ipc`: instructions per cycle over the last interval, where hardware counters exist.
+    CpuSaturation {
+        share: f64,
+        secs: u64,
+        in_job: bool,
+        ipc: Option<f64>,
+    },
+    MinerPort {
+        peer: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reason {
+    pub code: &'static str,
+    pub detail: String,
+    #[serde(skip)]
+    pub weight: u32,
+}
+
+impl Finding {
+    pub fn reason(&self) -> Reason {
+        let (code, weight, detail) = match self {
+            Finding::Stratum { call, peer } => {
+                let mut d = format!(
+                    "Stratum `{}` ({} dialect)",
+                    call.method,
+                    call.dialect.name()
+                );
+                if let Some(p) = peer {
+                    d += &format!(" to {p}");
+                }
+                match &call.proxy {
+                    Some(Proxy::Socks4 { target }) => d += &format!(" through SOCKS4 to {target}"),
+                    Some(Proxy::Socks5 { target }) => d += &format!(" through SOCKS5 to {target}"),
+                    Some(Proxy::HttpConnect { target }) => {
+                        d += &format!(" through HTTP CONNECT to {target}")
+                    }
+                    None => {}
+                }
+                if let Some(a) = &call.agent {
+                    d += &format!(" with agent {a}");
+                }
+                if let Some(l) = &call.login {
+                    d += &format!(", login {}", truncate(l, 24));
+                }
+                (code::STRATUM, 60, d)
+            }
+            Finding::MinerCmdline { indicators } => (
+                code::MINER_CMDLINE,
+                30,
+                format!("command line has {}", indicators.join(", ")),
+            ),
+            Finding::FakeKernelThread { comm, exe } => (
+                code::FAKE_KERNEL_THREAD,
+                30,
+                format!("named `{comm}` like a kernel thread but runs user-space executable {exe}"),
+            ),
+            Finding::ExeLocation { exe, why } => {
+                (code::EXE_LOCATION, 15, format!("executable {exe} {why}"))
+            }
+            Finding::CpuSaturation {
+                share,
+                secs,
+                in_job,
+                ipc,
+            } => (
+                code::CPU_SATURATION,
+                if *in_job { 5 } else { 15 },
+                format!(
+                    "{:.0} % of a core for {} {}{}",
+                    share * 100.0,
+                    human_secs(*secs),
+                    if *in_job {
+                        "inside a Slurm job"
+                    } else {
+                        "outside any Slurm job"
+                    },
+                    ipc.map(|i| format!(" (IPC {i:.2})")).unwrap_or_default()
+                ),
+            ),
+            Finding::MinerPort { peer } => (
+                code::MINER_PORT,
+                10,
+                format!("connection to {peer}, a port mining pools commonly use"),
+            ),
+        };
+        Reason {
+            code,
+            detail,
+            weight,
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n).collect::<String>() + "…"
+    }
+}
+
+pub fn human_secs(s: u64) -> String {
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
+}
+
+/// An alert as the engine last decided it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Alert {
+    /// Stable for the life of the process: `<pid>-<first seen ns>`.
+    pub id: String,
+    pub pid: u32,
+    pub severity: Severity,
+    pub score: u32,
+    /// Strongest first.
+    pub reasons: Vec<Reason>,
+    /// 0 when first raised, then +1 each time it is re-emitted with more evidence.
+    pub update: u32,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    id: String,
+    first_seen_ns: u64,
+    /// One entry per reason code: the latest evidence of that kind.
+    reasons: BTreeMap<&'static str, Reason>,
+    emitted_severity: Option<Severity>,
+    emitted_codes: usize,
+    updates: u32,
+}
+
+/// The verdict about one process: its reasons so far and what was last emitted. It lives in
+/// the process's record, so it goes when the process goes; a new process reusing the pid
+/// starts with a new case.
+#[derive(Debug, Default)]
+pub struct Case {
+    state: Option<State>,
+}
+
+impl Case {
+    /// Adds a finding for `pid` observed at `now_ns`. Returns the alert when it is new, has a
+    /// new reason, or rose in severity; `None` when nothing a person needs to see changed.
+    pub fn observe(&mut self, pid: u32, now_ns: u64, finding: &Finding) -> Option<Alert> {
+        let st = self.state.get_or_insert_with(|| State {
+            id: format!("{pid}-{now_ns}"),
+            first_seen_ns: now_ns,
+            reasons: BTreeMap::new(),
+            emitted_severity: None,
+            emitted_codes: 0,
+            updates: 0,
+        });
+        let r = finding.reason();
+        match st.reasons.get(r.code) {
+            // Keep the stronger of two pieces of evidence of one kind.
+            Some(old) if old.weight > r.weight => {}
+            _ => {
+                st.reasons.insert(r.code, r);
+            }
+        }
+        let score: u32 = st.reasons.values().map(|r| r.weight).sum();
+        let severity = Severity::from_score(score);
+        let changed =
+            st.emitted_severity.is_none_or(|s| severity > s) || st.reasons.len() > st.emitted_codes;
+        if !changed {
+            return None;
+        }
+        let update = if st.emitted_severity.is_some() {
+            st.updates + 1
+        } else {
+            0
+        };
+        st.updates = update;
+        st.emitted_severity = Some(severity);
+        st.emitted_codes = st.reasons.len();
+        let mut reasons: Vec<Reason> = st.reasons.values().cloned().collect();
+        reasons.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.code.cmp(b.code)));
+        Some(Alert {
+            id: st.id.clone(),
+            pid,
+            severity,
+            score,
+            reasons,
+            update,
+            first_seen_ns: st.first_seen_ns,
+            last_seen_ns: now_ns,
+        })
+    }
+
+    /// Something was raised about this process.
+    pub fn is_open(&self) -> bool {
+        self.state.is_some()
+    }
+}
+
+/// Cases by pid, for callers without a process record of their own (tests, tools).
+#[derive(Debug, Default)]
+pub struct Engine {
+    procs: HashMap<u32, Case>,
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`Case::observe`] for `pid`'s case.
+    pub fn observe(&mut self, pid: u32, now_ns: u64, finding: &Finding) -> Option<Alert> {
+        self.procs
+            .entry(pid)
+            .or_default()
+            .observe(pid, now_ns, finding)
+    }
+
+    /// The process is gone; a new process reusing the pid starts afresh.
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.procs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stratum::Dialect;
+
+    fn login() -> Finding {
+        Finding::Stratum {
+            call: StratumCall {
+                dialect: Dialect::Monero,
+                method: "login".into(),
+                agent: Some("XMRig/6.16.0".into()),
+                login: Some("44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft".into()),
+                proxy: None,
+                partial: false,
+            },
+            peer: Some("10.1.2.3:443".parse().unwrap()),
+        }
+    }
+
+    fn burn(in_job: bool) -> Finding {
+        Finding::CpuSaturation {
+            share: 0.98,
+            secs: 1200,
+            in_job,
+            ipc: None,
+        }
+    }
+
+    #[test]
+    fn saturation_says_how_much_how_long_where_and_ipc() {
+        let r = Finding::CpuSaturation {
+            share: 0.98,
+            secs: 1200,
+            in_job: false,
+            ipc: Some(2.13),
+        };
+        assert_eq!(
+            r.reason().detail,
+            "98 % of a core for 20 min outside any Slurm job (IPC 2.13)"
+        );
+        assert_eq!(
+            burn(true).reason().detail,
+            "98 % of a core for 20 min inside a Slurm job"
+        );
+    }
+
+    #[test]
+    fn stratum_alone_is_high_and_says_why() {
+        let mut e = Engine::new();
+        let a = e.observe(7, 100, &login()).unwrap();
+        assert_eq!((a.severity, a.pid, a.update), (Severity::High, 7, 0));
+        assert_eq!(
+            a.reasons[0].detail,
+            "Stratum `login` (Monero/CryptoNote dialect) to 10.1.2.3:443 with agent XMRig/6.16.0, \
+             login 44AFFq5kSiGBoZ4NMDwYtN18…"
+        );
+    }
+
+    #[test]
+    fn one_weak_signal_never_high() {
+        for f in [
+            burn(false),
+            burn(true),
+            Finding::MinerPort {
+                peer: "127.0.0.1:3333".parse().unwrap(),
+            },
+            Finding::ExeLocation {
+                exe: "/tmp/x".into(),
+                why: "is in /tmp",
+            },
+            Finding::MinerCmdline {
+                indicators: vec!["--donate-level".into()],
+            },
+            Finding::FakeKernelThread {
+                comm: "[kworker/0:1]".into(),
+                exe: "/tmp/k".into(),
+            },
+        ] {
+            let a = Engine::new().observe(1, 0, &f).unwrap();
+            assert!(a.severity < Severity::High, "{f:?} gave {:?}", a.severity);
+        }
+        assert_eq!(
+            Engine::new().observe(1, 0, &burn(false)).unwrap().severity,
+            Severity::Low
+        );
+        assert_eq!(
+            Engine::new().observe(1, 0, &burn(true)).unwrap().severity,
+            Severity::Info
+        );
+    }
+
+    #[test]
+    fn independent_evidence_raises_severity_and_updates_once() {
+        let mut e = Engine::new();
+        assert_eq!(e.observe(9, 1, &burn(false)).unwrap().update, 0);
+        // The same evidence again is not news.
+        assert_eq!(e.observe(9, 2, &burn(false)), None);
+        let a = e.observe(9, 3, &login()).unwrap();
+        assert_eq!(
+            (a.severity, a.update, a.reasons.len()),
+            (Severity::High, 1, 2)
+        );
+        assert_eq!(a.reasons[0].code, code::STRATUM);
+        let a = e
+            .observe(
+                9,
+                4,
+                &Finding::MinerCmdline {
+                    indicators: vec!["-a rx/0".into()],
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (a.severity, a.update, a.id.as_str()),
+            (Severity::Critical, 2, "9-1")
+        );
+        assert_eq!(e.observe(9, 5, &login()), None);
+    }
+
+    #[test]
+    fn forget_starts_afresh() {
+        let mut e = Engine::new();
+        e.observe(5, 1, &login());
+        e.forget(5);
+        let a = e.observe(5, 9, &login()).unwrap();
+        assert_eq!((a.update, a.id.as_str()), (0, "5-9"));
+        assert_eq!(e.tracked(), 1);
+    }
+}

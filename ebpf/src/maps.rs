@@ -1,0 +1,52 @@
+//! Every map of the object. Names are the `minerwatch_common::map` constants where user space
+//! touches the map; the others are private scratch state of the hooks.
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use minerwatch_common::{ExecEvent, PayloadEvent, SockState, stat};
+
+/// Lifecycle events (exec, fork, exit, connect, close). 8 MiB absorbs a burst of tens of
+/// thousands of execs while the reader sleeps (exec records are sized to their argv).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Rare, decisive events (first bytes of TCP connections). Their own ring, so a flood of
+/// lifecycle events from any user cannot crowd them out.
+#[map]
+pub static EVENTS_HI: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// Per-CPU failure counters, indexed by `minerwatch_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-socket state, created at connect and freed by the kernel with the socket: no
+/// capacity limit, no eviction, no cookie lookup per packet.
+#[btf_map]
+pub static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+/// cpu-clock samples per tgid, per CPU (no atomics needed); user space sums the CPUs.
+#[map]
+pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+
+/// Hardware counter samples per tgid, per CPU (see `minerwatch_common::HW_SAMPLE_PERIOD`).
+#[map]
+pub static HW_CYCLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+#[map]
+pub static HW_INSNS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+
+/// Scratch space to build an `ExecEvent` (too large for the 512-byte stack); only the used
+/// part is copied into the ring.
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space to build a `PayloadEvent`; only the captured bytes are copied into the ring.
+#[map]
+pub static PAYLOAD_SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// The raw pointer the sk-storage helpers take for `SOCKS`.
+#[inline(always)]
+pub fn socks_ptr() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SOCKS).cast_mut().cast()
+}

@@ -1,0 +1,324 @@
+//! First bytes on new TCP connections, taken from the packets as they leave. A TCP socket
+//! gets socket-local storage at `cgroup/connect4|6` (see `net`); `cgroup_skb/egress` copies
+//! the payload of that socket's first packets. No program runs for writes to files or pipes
+//! at all, and every send path is covered (write, send*, writev, sendfile, io_uring). A
+//! packet of a socket that is not followed costs one storage lookup.
+//!
+//! The budget is counted in bytes ([`WATCH_BYTES`]), with a cap on records
+//! ([`WATCH_RECORDS`]) that a login written one byte per packet stays far below; records are
+//! sized to the bytes they carry. Whitespace before the first message is skipped, not sent
+//! and not counted (up to [`BLANK_MAX`]), so padding cannot spend the budget. A record lost
+//! to a full ring is a gap in the stream, flagged on the next record, never the end of
+//! capture for that socket.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_loop, bpf_ringbuf_output, bpf_sk_fullsock, bpf_skb_load_bytes},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use minerwatch_common::{
+    BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PayloadEvent, SOCK_GAP,
+    SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES, WATCH_RECORDS, kind, stat,
+};
+
+use crate::{
+    maps::{EVENTS_HI, PAYLOAD_SCRATCH},
+    net::storage_of,
+    util::{BPF_RB_FORCE_WAKEUP, count},
+};
+
+const IPPROTO_TCP: u8 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const TCP_FLAG_SYN: u8 = 0x02;
+/// Allow the packet: this hook only watches.
+const ALLOW: i32 = 1;
+/// Bytes of a payload record before its data.
+const PAYLOAD_FIXED: u64 = (size_of::<PayloadEvent>() - PAYLOAD_CAP) as u64;
+
+/// `cgroup_skb/egress` on the root cgroup v2 (4.10+; socket storage from here 5.2+).
+#[cgroup_skb(egress)]
+pub fn net_egress(ctx: SkBuffContext) -> i32 {
+    if let Err(e) = try_net_egress(&ctx) {
+        count(e);
+    }
+    ALLOW
+}
+
+/// Where a packet's TCP payload is.
+struct Tcp {
+    seq: u32,
+    syn: bool,
+    payload_off: u32,
+}
+
+fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u32> {
+    // SAFETY: bounded copy out of the skb into a local of size_of::<T>().
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            off,
+            (out as *mut T).cast::<c_void>(),
+            size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(stat::READ_KERNEL_FAILED)
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else.
+fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
+    let mut v: u8 = 0;
+    load(ctx, 0, &mut v)?;
+    let l4 = match v >> 4 {
+        4 => {
+            let mut proto: u8 = 0;
+            load(ctx, 9, &mut proto)?;
+            if proto != IPPROTO_TCP {
+                return Ok(None);
+            }
+            u32::from(v & 0x0f) * 4
+        }
+        6 => {
+            let mut next: u8 = 0;
+            load(ctx, 6, &mut next)?;
+            if next != IPPROTO_TCP {
+                return Ok(None); // extension headers are not followed
+            }
+            40
+        }
+        _ => return Ok(None),
+    };
+    let mut hdr = [0u8; 14];
+    load(ctx, l4, &mut hdr)?;
+    Ok(Some(Tcp {
+        seq: u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]),
+        syn: hdr[13] & TCP_FLAG_SYN != 0,
+        payload_off: l4 + u32::from(hdr[12] >> 4) * 4,
+    }))
+}
+
+/// Chunks of a packet scanned for leading whitespace, [`PAYLOAD_CAP`] bytes each.
+const BLANK_CHUNKS: u32 = 8;
+
+/// What the whitespace scan shares with its `bpf_loop` callback.
+#[repr(C)]
+struct BlankScan {
+    data: *const u8,
+    len: u32,
+    blank: u32,
+}
+
+/// One byte of the scan: counts it and goes on while it is whitespace.
+unsafe extern "C" fn blank_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `BlankScan`, alive for the whole `bpf_loop`.
+    let scan = unsafe { &mut *ctx.cast::<BlankScan>() };
+    if index >= u64::from(scan.len) {
+        return 1;
+    }
+    // SAFETY: `data` is the scratch buffer of PAYLOAD_CAP bytes; the mask keeps the index in it.
+    let c = unsafe { *scan.data.add((index as usize) & (PAYLOAD_CAP - 1)) };
+    if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+        scan.blank += 1;
+        0
+    } else {
+        1
+    }
+}
+
+/// How many of the `total` bytes at `off` are whitespace before anything else, looking at
+/// the first [`BLANK_CHUNKS`] chunks; `buf` is scratch of [`PAYLOAD_CAP`] bytes.
+fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOAD_CAP]) -> u32 {
+    let mut blank = 0u32;
+    for _ in 0..BLANK_CHUNKS {
+        let rest = total.saturating_sub(blank);
+        // SAFETY: reload and clamp so the verifier sees 1 <= n <= PAYLOAD_CAP.
+        let n = unsafe {
+            let mut n = core::ptr::read_volatile(&rest);
+            if n > PAYLOAD_CAP as u32 {
+                n = PAYLOAD_CAP as u32;
+            }
+            if n == 0 {
+                return blank;
+            }
+            if bpf_skb_load_bytes(ctx.as_ptr(), off + blank, buf.as_mut_ptr().cast(), n) < 0 {
+                return blank;
+            }
+            n
+        };
+        let mut scan = BlankScan {
+            data: buf.as_ptr(),
+            len: n,
+            blank: 0,
+        };
+        // SAFETY: the callback reads `scan` and `buf` only, both alive across the call.
+        unsafe {
+            bpf_loop(
+                PAYLOAD_CAP as u32,
+                blank_step as *mut c_void,
+                core::ptr::from_mut(&mut scan).cast(),
+                0,
+            )
+        };
+        blank += scan.blank;
+        if scan.blank < n {
+            break;
+        }
+    }
+    blank
+}
+
+fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
+    // SAFETY: the context's socket, as the kernel exposes it to cgroup_skb programs.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: helper allowed for cgroup_skb programs.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return Ok(());
+    }
+    let st = storage_of(sk.cast());
+    if st.is_null() {
+        return Ok(());
+    }
+    // SAFETY: storage of this socket; its packets leave one at a time under its lock.
+    let st = unsafe { &mut *st };
+    if st.flags & SOCK_WATCH == 0 {
+        return Ok(());
+    }
+    let Some(tcp) = parse(ctx)? else {
+        return Ok(());
+    };
+    let len = ctx.len();
+    if len <= tcp.payload_off {
+        return Ok(()); // SYN, pure ACK, FIN
+    }
+    let total = len - tcp.payload_off;
+    // Data in a SYN (TCP Fast Open) starts one past the SYN's sequence number.
+    let seq = if tcp.syn {
+        tcp.seq.wrapping_add(1)
+    } else {
+        tcp.seq
+    };
+    if st.has_isn == 0 {
+        st.isn = seq;
+        st.has_isn = 1;
+    }
+    // A retransmission or a reordered packet: the stream is reassembled in order only.
+    if seq.wrapping_sub(st.isn) != st.bytes {
+        return Ok(());
+    }
+    let mut offset = st.bytes;
+    st.bytes = st.bytes.wrapping_add(total);
+    let ev = PAYLOAD_SCRATCH.get_ptr_mut(0).ok_or(stat::MAP_FULL)?;
+    // SAFETY: this CPU's scratch slot, owned by this program invocation.
+    let ev = unsafe { &mut *ev };
+    let mut payload_off = tcp.payload_off;
+    let mut total = total;
+    let mut flags = 0;
+    if st.blank == offset {
+        // Nothing but whitespace so far: skip what this packet adds to it.
+        let skip = blank_prefix(ctx, payload_off, total, &mut ev.data);
+        st.blank = st.blank.wrapping_add(skip);
+        if st.blank >= BLANK_MAX {
+            st.flags &= !SOCK_WATCH;
+            return Err(stat::PAYLOAD_BLANK_CAPPED);
+        }
+        if skip >= total {
+            return Ok(());
+        }
+        payload_off += skip;
+        offset = offset.wrapping_add(skip);
+        total -= skip;
+        if st.blank > 0 {
+            flags |= PAYLOAD_AFTER_BLANK;
+        }
+    }
+    let n = if total > PAYLOAD_CAP as u32 {
+        PAYLOAD_CAP as u32
+    } else {
+        total
+    };
+    // SAFETY: reload and clamp so the verifier sees 1 <= n <= PAYLOAD_CAP, the size of `data`.
+    let n = unsafe {
+        let mut n = core::ptr::read_volatile(&n);
+        if n > PAYLOAD_CAP as u32 {
+            n = PAYLOAD_CAP as u32;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if bpf_skb_load_bytes(ctx.as_ptr(), payload_off, ev.data.as_mut_ptr().cast(), n) < 0 {
+            return Err(stat::READ_KERNEL_FAILED);
+        }
+        n
+    };
+    st.records += 1;
+    if st.flags & SOCK_GAP != 0 {
+        flags |= PAYLOAD_GAP;
+    }
+    let counted = st.bytes.wrapping_sub(st.blank);
+    let done = counted >= WATCH_BYTES || st.records >= WATCH_RECORDS;
+    if done {
+        flags |= PAYLOAD_LAST;
+        if counted < WATCH_BYTES {
+            count(stat::PAYLOAD_RECORDS_CAPPED);
+        }
+    }
+    ev.hdr.kind = kind::PAYLOAD;
+    ev.hdr.tgid = st.tgid;
+    ev.hdr.tid = 0;
+    ev.hdr._pad = 0;
+    // SAFETY: helper with no preconditions.
+    ev.hdr.ktime_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    ev.hdr.cgroup_id = st.cgroup_id;
+    ev.cookie = st.cookie;
+    ev.family = if st.family == AF_INET6 {
+        AF_INET6
+    } else {
+        AF_INET
+    };
+    ev.dport = st.dport;
+    ev.flags = flags;
+    ev.daddr = st.daddr;
+    ev.offset = offset;
+    ev.len = n;
+    ev.total = total;
+    ev._pad1 = 0;
+    // Only the captured bytes go into the ring. Stratum alerts wait on this record: wake the
+    // reader at once.
+    let size = PAYLOAD_FIXED + u64::from(n);
+    let size = if size > size_of::<PayloadEvent>() as u64 {
+        size_of::<PayloadEvent>() as u64
+    } else {
+        size
+    };
+    // SAFETY: `ev` is valid for size_of::<PayloadEvent>() bytes and `size` is at most that.
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::from_ref(&EVENTS_HI).cast_mut().cast(),
+            core::ptr::from_mut(ev).cast(),
+            size,
+            BPF_RB_FORCE_WAKEUP,
+        )
+    };
+    if ret < 0 {
+        // The stream goes on: the next record carries the gap, user space resynchronises.
+        st.flags |= SOCK_GAP;
+        st.records -= 1;
+        return Err(stat::RINGBUF_FULL_PAYLOAD);
+    }
+    st.flags &= !SOCK_GAP;
+    st.flags |= SOCK_STREAM_KEPT;
+    if done {
+        st.flags &= !SOCK_WATCH;
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Process lifecycle: new processes (not threads) and the end of a process, so user space can
+//! keep lineage and forget what is gone.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_task},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use minerwatch_common::{ExitEvent, ForkEvent, kind, stat};
+
+use crate::{
+    maps::EVENTS,
+    util::{count, current, header, kread, lazy_wakeup, offsets},
+};
+
+/// Raw tracepoint `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+/// Kernel 4.17+. Reads `child->tgid` at the BTF offset to tell a new process from a thread.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn proc_fork(ctx: RawTracePointContext) -> u32 {
+    match try_proc_fork(&ctx) {
+        Ok(()) => 0,
+        Err(e) => {
+            count(e);
+            0
+        }
+    }
+}
+
+fn try_proc_fork(ctx: &RawTracePointContext) -> Result<(), u32> {
+    let Some((tgid, tid)) = current() else {
+        return Ok(());
+    };
+    let off = offsets().task_tgid;
+    if off == 0 {
+        return Ok(());
+    }
+    let child: *const u8 = ctx.arg(1);
+    let child_tgid: u32 = kread(child, off)?;
+    if child_tgid == tgid {
+        return Ok(()); // a new thread of the same process
+    }
+    let start = offsets().task_start_boottime;
+    let child_start_ns = if start == 0 { 0 } else { kread(child, start)? };
+    let ev = ForkEvent {
+        hdr: header(kind::FORK, tgid, tid),
+        child_tgid,
+        _pad: 0,
+        child_start_ns,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    EVENTS
+        .output::<ForkEvent>(&ev, lazy_wakeup())
+        .map_err(|_| stat::RINGBUF_FULL_FORK)
+}
+
+/// Raw tracepoint `sched_process_exit(struct task_struct *p, ...)`, run by each exiting
+/// thread after it left its group's live count. Emits only when no thread of the group is
+/// left (`current->signal->live == 0`, BTF offsets): a leader that calls `pthread_exit` while
+/// other threads go on does not end the process. Without the offsets it emits for the leader.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> u32 {
+    match try_proc_exit() {
+        Ok(()) => 0,
+        Err(e) => {
+            count(e);
+            0
+        }
+    }
+}
+
+fn try_proc_exit() -> Result<(), u32> {
+    let Some((tgid, tid)) = current() else {
+        return Ok(());
+    };
+    let off = offsets();
+    if off.task_signal != 0 {
+        // SAFETY: helper with no preconditions.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        let signal: *const u8 = kread(task, off.task_signal)?;
+        let live: i32 = kread(signal, off.signal_live)?;
+        if live != 0 {
+            return Ok(()); // other threads of the group still run
+        }
+    } else if tgid != tid {
+        return Ok(());
+    }
+    // The sample maps are pruned by user space on this event, off the exiting task's path.
+    let ev = ExitEvent {
+        hdr: header(kind::EXIT, tgid, tid),
+    };
+    EVENTS
+        .output::<ExitEvent>(&ev, lazy_wakeup())
+        .map_err(|_| stat::RINGBUF_FULL_EXIT)
+}

@@ -1,0 +1,4 @@
+//! What the kernel does not say about a process, read from the system: /proc ([`proc`]) and
+//! user names through NSS ([`users`]). Nothing here keeps detection state.
+pub mod proc;
+pub mod users;

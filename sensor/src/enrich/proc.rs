@@ -1,0 +1,487 @@
+//! What /proc says about a process (exe, argv, parent, user, cgroup, Slurm job, start
+//! time) and about the TCP connections that predate the sensor. Each process is read through
+//! one directory handle, so every file describes the same process, and the start time it
+//! reports is checked against the one expected: a pid reused in between is not mistaken for
+//! the process meant. Names that are not UTF-8 are kept, escaped.
+use std::{
+    ffi::CString,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use hashbrown::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Process {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22); 0 when unknown.
+    pub start: u64,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    /// Resolved `/proc/<pid>/exe` (shows memfd and deleted files), else the exec filename.
+    pub exe: String,
+    pub argv: Vec<String>,
+    /// cgroup v2 path, or the first v1 path naming a Slurm job.
+    pub cgroup: String,
+    /// cgroup v2 id the path was read for (0 when read from /proc at start).
+    pub cgroup_id: u64,
+    pub job: Option<u64>,
+    /// Known from /proc at start rather than seen starting.
+    pub preexisting: bool,
+}
+
+/// Slurm job id from a cgroup path (`…/job_1234/…`, v1 or v2 layouts).
+pub fn slurm_job(cgroup: &str) -> Option<u64> {
+    cgroup
+        .split('/')
+        .find_map(|seg| seg.strip_prefix("job_")?.parse().ok())
+}
+
+/// Container id from a cgroup path: the 64-hex id that Docker (`docker-<id>.scope`,
+/// `/docker/<id>`), containerd (`cri-containerd-<id>.scope`) and Podman (`libpod-<id>.scope`)
+/// put in it.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.split('/').rev().find_map(|seg| {
+        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+        let id = seg.rsplit('-').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
+/// Picks the cgroup to report from `/proc/<pid>/cgroup`: a Slurm job path if any hierarchy
+/// has one, else the v2 (`0::`) path.
+pub fn parse_cgroup_file(text: &str) -> String {
+    let paths: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
+    if let Some(p) = paths.iter().find(|p| slurm_job(p).is_some()) {
+        return p.to_string();
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or(paths.first().copied())
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Process {
+    /// A process we have no record of (it exited before we could read it).
+    pub fn unknown(pid: u32) -> Self {
+        Process {
+            pid,
+            start: 0,
+            ppid: 0,
+            uid: 0,
+            comm: String::new(),
+            exe: String::new(),
+            argv: Vec::new(),
+            cgroup: String::new(),
+            cgroup_id: 0,
+            job: None,
+            preexisting: false,
+        }
+    }
+}
+
+/// Clock ticks per second, the unit of /proc start times.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
+}
+
+/// A kernel start time (`start_boottime`, ns) in /proc's unit.
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / clock_ticks())
+}
+
+/// Bytes from a process (names, paths, arguments) as text: valid UTF-8 as it is, every other
+/// byte as `\xNN`. Nothing is lost or replaced by a look-alike.
+pub fn escape_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// `/proc/<pid>` opened once; every read goes through it.
+struct ProcDir(OwnedFd);
+
+impl ProcDir {
+    fn open(proc_root: &Path, pid: u32) -> Option<Self> {
+        let path = CString::new(
+            proc_root
+                .join(pid.to_string())
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .ok()?;
+        // SAFETY: valid C string; the fd is owned below.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        // SAFETY: a new fd we own.
+        (fd >= 0).then(|| Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: valid dirfd and C string; the fd is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a new fd we own.
+        let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut buf).ok()?;
+        Some(buf)
+    }
+
+    fn link(&self, name: &str) -> Option<Vec<u8>> {
+        let c = CString::new(name).ok()?;
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: valid dirfd, C string and buffer of the length given.
+        let n = unsafe {
+            libc::readlinkat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        buf.truncate(n as usize);
+        Some(buf)
+    }
+
+    /// The directory's owner: the process's effective uid.
+    fn owner(&self) -> Option<u32> {
+        // SAFETY: valid fd and out-pointer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(self.0.as_raw_fd(), &mut st) } == 0).then_some(st.st_uid)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` we use: comm, ppid, start time.
+fn parse_stat(stat: &[u8]) -> Option<(String, u32, u64)> {
+    // comm is parenthesised and may hold anything, parentheses too: split at the last ')'.
+    let open = stat.iter().position(|&c| c == b'(')?;
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    let comm = escape_bytes(&stat[open + 1..close]);
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    let f: Vec<&str> = rest.split(' ').collect();
+    // After the comm: field 3 (state) is f[0], so field n is f[n - 3].
+    let ppid = f.get(1)?.parse().ok()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((comm, ppid, start))
+}
+
+/// The start time of process `pid` (clock ticks since boot), `None` when it is gone.
+pub fn start_of(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&stat).map(|(_, _, start)| start)
+}
+
+/// Reads one process from /proc; `None` when it is gone, or when `expect_start` is given and
+/// the process under that pid is another one.
+pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Option<Process> {
+    let dir = ProcDir::open(proc_root, pid)?;
+    let (comm, ppid, start) = parse_stat(&dir.read("stat")?)?;
+    if expect_start.is_some_and(|s| s != start) {
+        return None;
+    }
+    let status = dir.read("status").unwrap_or_default();
+    // The real uid from status; failing that, the owner of the directory (the effective uid).
+    // Never a default: a process that cannot be read is not taken for root's.
+    let uid = String::from_utf8_lossy(&status)
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .or_else(|| dir.owner())?;
+    let argv = dir
+        .read("cmdline")
+        .map(|b| split_nul(&b))
+        .unwrap_or_default();
+    let exe = dir
+        .link("exe")
+        .map(|b| escape_bytes(&b))
+        .unwrap_or_default();
+    let cgroup = dir
+        .read("cgroup")
+        .map(|t| parse_cgroup_file(&String::from_utf8_lossy(&t)))
+        .unwrap_or_default();
+    Some(Process {
+        pid,
+        start,
+        ppid,
+        uid,
+        comm,
+        exe,
+        job: slurm_job(&cgroup),
+        cgroup,
+        cgroup_id: 0,
+        argv,
+        preexisting: false,
+    })
+}
+
+/// Every process in `proc_root` (normally `/proc`), marked as known before the sensor.
+pub fn scan(proc_root: &Path) -> Vec<Process> {
+    let mut out = Vec::new();
+    if let Ok(dir) = fs::read_dir(proc_root) {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok())
+                && let Some(mut p) = read_process(proc_root, pid, None)
+            {
+                p.preexisting = true;
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every live process's (pid, start time), for reconciliation: cheaper than [`scan`].
+pub fn live(proc_root: &Path) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = fs::read_dir(proc_root) {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok())
+                && let Some(start) = start_of(proc_root, pid)
+            {
+                out.push((pid, start));
+            }
+        }
+    }
+    out
+}
+
+/// NUL-separated arguments, each escaped as [`escape_bytes`] does.
+pub fn split_nul(b: &[u8]) -> Vec<String> {
+    b.split(|&c| c == 0)
+        .filter(|a| !a.is_empty())
+        .map(escape_bytes)
+        .collect()
+}
+
+/// An established TCP connection found in /proc at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenConnection {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: SocketAddr,
+}
+
+/// Parses `/proc/net/tcp` or `tcp6`: established sockets' inode -> remote address.
+pub fn parse_proc_net_tcp(text: &str, v6: bool) -> HashMap<u64, SocketAddr> {
+    let mut out = HashMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[3] != "01" {
+            continue; // not ESTABLISHED
+        }
+        let Some((addr, port)) = f[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port, 16), f[9].parse::<u64>()) else {
+            continue;
+        };
+        // The kernel prints each 32-bit word of the address in host (little-endian) order.
+        let words: Vec<u32> = (0..addr.len() / 8)
+            .filter_map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
+            .collect();
+        let ip = match (v6, words.as_slice()) {
+            (false, [w]) => IpAddr::V4(Ipv4Addr::from(w.to_le_bytes())),
+            (true, [a, b, c, d]) => {
+                let mut o = [0u8; 16];
+                for (i, w) in [a, b, c, d].iter().enumerate() {
+                    o[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+                }
+                let v6 = Ipv6Addr::from(o);
+                v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+            }
+            _ => continue,
+        };
+        out.insert(inode, SocketAddr::new(ip, port));
+    }
+    out
+}
+
+/// Every established TCP connection with the process and descriptor that holds it.
+pub fn open_tcp_connections(proc_root: &Path) -> Vec<OpenConnection> {
+    let mut inodes = HashMap::new();
+    for (file, v6) in [("net/tcp", false), ("net/tcp6", true)] {
+        if let Ok(t) = fs::read_to_string(proc_root.join(file)) {
+            inodes.extend(parse_proc_net_tcp(&t, v6));
+        }
+    }
+    let mut out = Vec::new();
+    if inodes.is_empty() {
+        return out;
+    }
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+                && let Some(&peer) = inodes.get(&inode)
+                && let Some(fd) = fd.file_name().to_str().and_then(|s| s.parse().ok())
+            {
+                out.push(OpenConnection { pid, fd, peer });
+            }
+        }
+    }
+    out
+}
+
+/// Socket `fd` of process `pid` and its cookie, through a duplicate of the descriptor
+/// (`pidfd_getfd`, Linux 5.6+, needs ptrace rights over `pid`: root has them).
+pub fn socket_of(pid: u32, fd: u32) -> std::io::Result<(std::os::fd::OwnedFd, u64)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let last = std::io::Error::last_os_error;
+    // SAFETY: plain syscalls; every returned fd is owned (and closed) below.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0);
+        if pidfd < 0 {
+            return Err(last());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            pidfd.as_raw_fd(),
+            fd as libc::c_int,
+            0,
+        );
+        if dup < 0 {
+            return Err(last());
+        }
+        let dup = OwnedFd::from_raw_fd(dup as i32);
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            dup.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        if r < 0 {
+            return Err(last());
+        }
+        Ok((dup, cookie))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_from_common_runtimes() {
+        let id = "a".repeat(64);
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id.as_str()), "{path}");
+        }
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
+        assert_eq!(container_id("/slurm/uid_1000/job_42/step_0"), None);
+    }
+
+    #[test]
+    fn slurm_jobs_from_cgroup_paths() {
+        assert_eq!(
+            slurm_job("/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0"),
+            Some(4242)
+        );
+        assert_eq!(slurm_job("/slurm/uid_1000/job_77/step_batch"), Some(77));
+        assert_eq!(
+            slurm_job("/user.slice/user-1000.slice/session-3.scope"),
+            None
+        );
+        let v1 = "12:cpuset:/slurm/uid_1000/job_99/step_0\n0::/user.slice\n";
+        assert_eq!(parse_cgroup_file(v1), "/slurm/uid_1000/job_99/step_0");
+        assert_eq!(
+            parse_cgroup_file("3:memory:/\n0::/user.slice/a.scope\n"),
+            "/user.slice/a.scope"
+        );
+    }
+
+    #[test]
+    fn proc_net_tcp_established_only() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:0D05 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1\n\
+           1: 0100007F:A1B2 0100007F:0D05 01 00000000:00000000 00:00000000 00000000     0        0 222 1\n";
+        let m = parse_proc_net_tcp(v4, false);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[&222], "127.0.0.1:3333".parse().unwrap());
+        let v6 = "header\n\
+           0: 00000000000000000000000001000000:A1B2 0000000000000000FFFF00000100007F:115C 01 0:0 0:0 0 0 0 333 1\n";
+        assert_eq!(
+            parse_proc_net_tcp(v6, true)[&333],
+            "127.0.0.1:4444".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn scan_sees_this_test_process_with_its_start_time() {
+        let me = scan(Path::new("/proc"))
+            .into_iter()
+            .find(|p| p.pid == std::process::id())
+            .expect("own process");
+        assert!(me.preexisting && !me.exe.is_empty() && !me.argv.is_empty());
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(me.start > 0);
+        assert!(read_process(Path::new("/proc"), me.pid, Some(me.start)).is_some());
+        assert!(read_process(Path::new("/proc"), me.pid, Some(me.start + 1)).is_none());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_kept_escaped() {
+        assert_eq!(escape_bytes(b"xmr\xffig"), "xmr\\xffig");
+        assert_eq!(escape_bytes("é".as_bytes()), "é");
+        assert_eq!(split_nul(b"a\0\xc3\0"), ["a", "\\xc3"]);
+        let (comm, ppid, start) =
+            parse_stat(b"7 (a) b\xfe)) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0").unwrap();
+        assert_eq!((comm.as_str(), ppid, start), ("a) b\\xfe)", 1, 4242));
+    }
+}

@@ -1,0 +1,372 @@
+//! Loads the embedded eBPF object and attaches its hooks. Owns the one table of hooks: what
+//! each is for, and what detection is lost when it cannot attach. A hook that fails is
+//! reported and the rest run.
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, PerfEvent, RawTracePoint,
+        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use minerwatch_common::{KernelOffsets, global};
+
+use crate::kernel::btf::Btf;
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum Attach {
+    RawTracePoint {
+        name: &'static str,
+    },
+    /// A BTF-typed tracepoint (`tp_btf`), cheaper than a classic one: no record is filled.
+    BtfTracePoint {
+        name: &'static str,
+    },
+    /// cgroup/connect4|6 or sendmsg4|6 (the attach type is the program's section) on the
+    /// root of the cgroup v2 tree.
+    CgroupSockAddr(&'static str),
+    /// cgroup_skb/egress on the root of the cgroup v2 tree.
+    CgroupEgress,
+    /// cpu-clock perf events, one per online CPU.
+    CpuClock,
+    /// Hardware perf events, one per online CPU, sampled every `HW_SAMPLE_PERIOD`.
+    Hardware(HardwareEvent),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub purpose: &'static str,
+    /// What a person loses when this hook is missing.
+    pub lost: &'static str,
+    /// Missing on many machines by nature (no hardware PMU in most VMs): its absence is
+    /// reported but does not make the sensor degraded.
+    pub optional: bool,
+}
+
+/// Every hook, in attach order. The connect hooks precede the payload hook so a connection
+/// is never watched before its storage exists. None is a syscall tracepoint: enabling one
+/// would put every syscall of every task on the node on the slow path.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "exec_done",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_exec",
+        },
+        purpose: "successful program execution, with argv from the new image",
+        lost: "all new-process visibility (exe, argv, location, lineage)",
+        optional: false,
+    },
+    Hook {
+        program: "proc_fork",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_fork",
+        },
+        purpose: "process creation (lineage)",
+        lost: "parent chains of processes forked without exec",
+        optional: false,
+    },
+    Hook {
+        program: "proc_exit",
+        attach: Attach::RawTracePoint {
+            name: "sched_process_exit",
+        },
+        purpose: "end of a process (its last thread)",
+        lost: "timely forgetting of exited processes (the reconciliation with /proc does it later)",
+        optional: false,
+    },
+    Hook {
+        program: "net_connect4",
+        attach: Attach::CgroupSockAddr("connect4"),
+        purpose: "IPv4 connects: TCP sockets followed, connected UDP reported",
+        lost: "IPv4 connection visibility, and with it Stratum detection on IPv4",
+        optional: false,
+    },
+    Hook {
+        program: "net_connect6",
+        attach: Attach::CgroupSockAddr("connect6"),
+        purpose: "IPv6 connects: TCP sockets followed, connected UDP reported",
+        lost: "IPv6 connection visibility, and with it Stratum detection on IPv6",
+        optional: false,
+    },
+    Hook {
+        program: "net_sendmsg4",
+        attach: Attach::CgroupSockAddr("sendmsg4"),
+        purpose: "destinations of unconnected IPv4 UDP sockets",
+        lost: "IPv4 UDP destinations of unconnected sockets (DNS from some resolvers)",
+        optional: false,
+    },
+    Hook {
+        program: "net_sendmsg6",
+        attach: Attach::CgroupSockAddr("sendmsg6"),
+        purpose: "destinations of unconnected IPv6 UDP sockets",
+        lost: "IPv6 UDP destinations of unconnected sockets",
+        optional: false,
+    },
+    Hook {
+        program: "net_tcp_state",
+        attach: Attach::BtfTracePoint {
+            name: "inet_sock_set_state",
+        },
+        purpose: "outcome of TCP connects, close of followed connections",
+        lost: "TCP connect records and miner-port evidence; streams are kept until exit",
+        optional: false,
+    },
+    Hook {
+        program: "net_egress",
+        attach: Attach::CgroupEgress,
+        purpose: "first bytes of followed TCP connections, from their packets",
+        lost: "all Stratum detection",
+        optional: false,
+    },
+    Hook {
+        program: "cpu_sample",
+        attach: Attach::CpuClock,
+        purpose: "on-CPU sampling (cpu-clock) for saturation",
+        lost: "CPU saturation evidence",
+        optional: false,
+    },
+    Hook {
+        program: "cpu_hw_cycles",
+        attach: Attach::Hardware(HardwareEvent::CpuCycles),
+        purpose: "hardware cycle samples (IPC)",
+        lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
+        optional: true,
+    },
+    Hook {
+        program: "cpu_hw_insns",
+        attach: Attach::Hardware(HardwareEvent::Instructions),
+        purpose: "hardware instruction samples (IPC)",
+        lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
+        optional: true,
+    },
+];
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub attach_point: String,
+    pub attached: bool,
+    pub error: Option<String>,
+    pub lost: &'static str,
+    pub optional: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("must run as root (eBPF programs need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    NotRoot,
+    #[error("the kernel refused the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("no hook could attach; first error: {0}")]
+    NothingAttached(String),
+}
+
+/// The offsets the programs need, from the kernel's BTF. A member that cannot be found is
+/// left at zero and named in `missing`: the hooks that need it fall back as their docs say.
+pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::kernel::btf::BtfError> {
+    let btf = Btf::from_sys_fs()?;
+    let mut missing = Vec::new();
+    let mut get = |strukt: &str, member: &str| match btf.member_offset(strukt, member) {
+        Ok(off) => off,
+        Err(e) => {
+            missing.push(e.to_string());
+            0
+        }
+    };
+    let mut o = KernelOffsets {
+        task_tgid: get("task_struct", "tgid"),
+        task_real_parent: get("task_struct", "real_parent"),
+        task_mm: get("task_struct", "mm"),
+        task_signal: get("task_struct", "signal"),
+        mm_arg_start: get("mm_struct", "arg_start"),
+        mm_arg_end: get("mm_struct", "arg_end"),
+        signal_live: get("signal_struct", "live"),
+        bprm_filename: get("linux_binprm", "filename"),
+        sock_err: get("sock", "sk_err"),
+        task_start_boottime: get("task_struct", "start_boottime"),
+    };
+    // The exit hook reads `signal->live` whenever `task_signal` is known (`live` follows a
+    // reference count, so it is never at offset 0).
+    if o.signal_live == 0 {
+        o.task_signal = 0;
+    }
+    Ok((o, missing))
+}
+
+/// The offsets by the member they locate, for people.
+pub fn offset_table(o: &KernelOffsets) -> Vec<(&'static str, u32)> {
+    vec![
+        ("task_struct.tgid", o.task_tgid),
+        ("task_struct.real_parent", o.task_real_parent),
+        ("task_struct.mm", o.task_mm),
+        ("task_struct.signal", o.task_signal),
+        ("mm_struct.arg_start", o.mm_arg_start),
+        ("mm_struct.arg_end", o.mm_arg_end),
+        ("signal_struct.live", o.signal_live),
+        ("linux_binprm.filename", o.bprm_filename),
+        ("sock.sk_err", o.sock_err),
+        ("task_struct.start_boottime", o.task_start_boottime),
+    ]
+}
+
+/// The eBPF object, built by build.rs for exactly this ABI.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/minerwatch"));
+
+/// Where the cgroup v2 tree is mounted (`/sys/fs/cgroup` on unified systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones). Every process is somewhere in it.
+pub fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    })
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub offsets: KernelOffsets,
+    /// Why some offsets are unknown (BTF missing, or members this kernel does not have).
+    pub offsets_error: Option<String>,
+}
+
+/// Loads the object with the sensor's pid and BTF offsets and attaches every hook it can.
+pub fn load(sample_hz: u64) -> Result<Loaded, LoadError> {
+    if !is_root() {
+        return Err(LoadError::NotRoot);
+    }
+    let (offsets, offsets_error) = match btf_offsets() {
+        Ok((o, missing)) if missing.is_empty() => (o, None),
+        Ok((o, missing)) => (o, Some(missing.join("; "))),
+        Err(e) => (KernelOffsets::default(), Some(e.to_string())),
+    };
+    let me = std::process::id();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(global::SENSOR_TGID, &me, true)
+        .override_global(global::OFFSETS, &offsets, true)
+        .load(OBJECT)?;
+    let hooks: Vec<HookStatus> = HOOKS
+        .iter()
+        .map(|h| attach(&mut ebpf, h, sample_hz))
+        .collect();
+    if !hooks.iter().any(|h| h.attached) {
+        let first = hooks
+            .iter()
+            .find_map(|h| h.error.clone())
+            .unwrap_or_default();
+        return Err(LoadError::NothingAttached(first));
+    }
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        offsets,
+        offsets_error,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
+    let attach_point = match hook.attach {
+        Attach::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
+        Attach::BtfTracePoint { name } => format!("tp_btf/{name}"),
+        Attach::CgroupSockAddr(what) => format!(
+            "cgroup/{what}@{}",
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
+        Attach::CgroupEgress => format!(
+            "cgroup_skb/egress@{}",
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
+        Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
+        Attach::Hardware(e) => format!("perf_event/hardware/{e:?}"),
+    };
+    let result = try_attach(ebpf, hook, sample_hz);
+    HookStatus {
+        program: hook.program,
+        attach_point,
+        attached: result.is_ok(),
+        error: result.err(),
+        lost: hook.lost,
+        optional: hook.optional,
+    }
+}
+
+/// Error text with its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
+    match hook.attach {
+        Attach::RawTracePoint { name } => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(name).map_err(|e| chain(&e))?;
+        }
+        Attach::BtfTracePoint { name } => {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| chain(&e))?;
+            let p: &mut aya::programs::BtfTracePoint = prog.try_into().map_err(|e| chain(&e))?;
+            p.load(name, &btf).map_err(|e| chain(&e))?;
+            p.attach().map_err(|e| chain(&e))?;
+        }
+        Attach::CgroupSockAddr(_) | Attach::CgroupEgress => {
+            let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
+            let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
+            // aya attaches through a BPF link, which coexists with other programs on the same
+            // cgroup (systemd's among them) and must be created without attach flags.
+            if let Attach::CgroupEgress = hook.attach {
+                let p: &mut CgroupSkb = prog.try_into().map_err(|e| chain(&e))?;
+                p.load().map_err(|e| chain(&e))?;
+                p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                    .map_err(|e| chain(&e))?;
+            } else {
+                let p: &mut CgroupSockAddr = prog.try_into().map_err(|e| chain(&e))?;
+                p.load().map_err(|e| chain(&e))?;
+                p.attach(dir, CgroupAttachMode::Single)
+                    .map_err(|e| chain(&e))?;
+            }
+        }
+        Attach::CpuClock | Attach::Hardware(_) => {
+            let (config, policy) = match hook.attach {
+                Attach::Hardware(e) => (
+                    PerfEventConfig::Hardware(e),
+                    SamplePolicy::Period(minerwatch_common::HW_SAMPLE_PERIOD),
+                ),
+                // A fixed period in nanoseconds: every sample stands for the same CPU time.
+                _ => (
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    SamplePolicy::Period(1_000_000_000 / sample_hz.max(1)),
+                ),
+            };
+            let p: &mut PerfEvent = prog.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            let cpus = online_cpus().map_err(|(_, e)| e.to_string())?;
+            for cpu in cpus {
+                p.attach(
+                    config,
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    policy,
+                    false,
+                )
+                .map_err(|e| format!("cpu {cpu}: {}", chain(&e)))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The only module that imports aya: loading and attaching ([`loader`], with the one table
+//! of hooks), BTF offsets ([`btf`]), decoding ring records ([`events`]), and [`Kernel`], which
+//! owns the maps: the two rings, the counters, the CPU sample maps, and typed handles for
+//! everything user space writes into the kernel (today the watch list in socket storage).
+pub mod btf;
+pub mod events;
+pub mod loader;
+
+use std::{collections::BTreeMap, net::SocketAddr, os::fd::AsRawFd};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage};
+use hashbrown::HashMap;
+use minerwatch_common::{SOCK_WATCH, SockState, map, stat};
+use tokio::io::unix::AsyncFd;
+
+pub use events::Event;
+pub use loader::{HookStatus, LoadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("map {name} missing or of the wrong type: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot poll a ring buffer: {0}")]
+    Poll(#[from] std::io::Error),
+}
+
+/// Which ring a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// Exec, fork, exit, connect, close: many, and lazily woken.
+    Lifecycle,
+    /// First bytes of connections: rare, decisive, woken at once.
+    Decisive,
+}
+
+/// Per-hook in-kernel cost, with `--bpf-stats`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BpfCost {
+    pub runs: u64,
+    pub run_ns: u64,
+    pub ns_per_run: u64,
+}
+
+/// CPU samples per tgid (summed over CPUs), and the hardware counters' when they attached.
+#[derive(Debug, Default)]
+pub struct CpuTotals {
+    pub samples: HashMap<u32, u64>,
+    /// (cycles, instructions) sample counts.
+    pub hw: Option<(HashMap<u32, u64>, HashMap<u32, u64>)>,
+}
+
+/// Samples per tgid, one count per CPU.
+type SampleMap = PerCpuHashMap<MapData, u32, u64>;
+
+/// The loaded programs and the maps user space reads and writes.
+pub struct Kernel {
+    ebpf: aya::Ebpf,
+    pub hooks: Vec<HookStatus>,
+    pub offsets_error: Option<String>,
+    lifecycle: AsyncFd<RingBuf<MapData>>,
+    decisive: AsyncFd<RingBuf<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
+    socks: SkStorage<MapData, SockState>,
+    samples: PerCpuHashMap<MapData, u32, u64>,
+    hw: Option<(SampleMap, SampleMap)>,
+    _bpf_stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// Takes map `name` out of the object as a typed map.
+fn take<T>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf.take_map(name).ok_or(KernelError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    T::try_from(m).map_err(|source| KernelError::Map { name, source })
+}
+
+/// tgid -> samples summed over CPUs.
+fn sum_per_cpu(map: &PerCpuHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(tgid, per_cpu)| (tgid, per_cpu.iter().sum()))
+        .collect()
+}
+
+impl Kernel {
+    /// Loads and attaches every hook that can attach; `bpf_stats` turns on the kernel's
+    /// run-time accounting for as long as the sensor runs.
+    pub fn open(sample_hz: u64, bpf_stats: bool) -> Result<Self, KernelError> {
+        let loaded = loader::load(sample_hz)?;
+        let bpf_stats = bpf_stats
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(reason = %e, "cannot enable BPF run-time statistics"))
+                    .ok()
+            });
+        let hw_attached = loaded
+            .hooks
+            .iter()
+            .filter(|h| h.program.starts_with("cpu_hw_") && h.attached)
+            .count()
+            == 2;
+        let mut ebpf = loaded.ebpf;
+        let ring = |rb: RingBuf<MapData>| {
+            // SAFETY: the RingBuf owns its map fd, and the AsyncFd owns the RingBuf, so the fd
+            // stays open and the same for the AsyncFd's whole life.
+            unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+                .map_err(|e| KernelError::Poll(std::io::Error::from(e)))
+        };
+        let lifecycle = ring(take(&mut ebpf, map::EVENTS)?)?;
+        let decisive = ring(take(&mut ebpf, map::EVENTS_HI)?)?;
+        let hw = if hw_attached {
+            Some((
+                take(&mut ebpf, map::HW_CYCLES)?,
+                take(&mut ebpf, map::HW_INSNS)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Kernel {
+            stats: take(&mut ebpf, map::STATS)?,
+            socks: take(&mut ebpf, map::SOCKS)?,
+            samples: take(&mut ebpf, map::CPU_SAMPLES)?,
+            hw,
+            lifecycle,
+            decisive,
+            hooks: loaded.hooks,
+            offsets_error: loaded.offsets_error,
+            ebpf,
+            _bpf_stats: bpf_stats,
+        })
+    }
+
+    /// Waits until a ring has records. The decisive ring wakes at once; the lifecycle ring
+    /// mostly does not (see the eBPF `lazy_wakeup`), so callers also drain on a timer.
+    pub async fn readable(&mut self) -> Result<Ring, KernelError> {
+        tokio::select! {
+            g = self.decisive.readable_mut() => { g?.clear_ready(); Ok(Ring::Decisive) }
+            g = self.lifecycle.readable_mut() => { g?.clear_ready(); Ok(Ring::Lifecycle) }
+        }
+    }
+
+    /// Hands up to `max` records of `ring` to `f`, decoded; undecodable records as errors.
+    /// Returns how many were read.
+    pub fn drain(
+        &mut self,
+        ring: Ring,
+        max: usize,
+        mut f: impl FnMut(Result<Event, events::DecodeError>),
+    ) -> usize {
+        let rb = match ring {
+            Ring::Lifecycle => self.lifecycle.get_mut(),
+            Ring::Decisive => self.decisive.get_mut(),
+        };
+        let mut n = 0;
+        while n < max
+            && let Some(item) = rb.next()
+        {
+            n += 1;
+            let ev = Event::try_from(&item[..]);
+            drop(item);
+            f(ev);
+        }
+        n
+    }
+
+    /// The kernel's per-CPU counters (hook failures, ring-buffer drops), summed, by name.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        stat::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let v = self
+                    .stats
+                    .get(&(i as u32), 0)
+                    .map(|vals| vals.iter().sum())
+                    .unwrap_or(0);
+                (*name, v)
+            })
+            .collect()
+    }
+
+    /// In-kernel cost per program that ran, when run-time statistics are on.
+    pub fn costs(&self) -> BTreeMap<&'static str, BpfCost> {
+        let mut out = BTreeMap::new();
+        for hook in loader::HOOKS {
+            if let Some(info) = self.ebpf.program(hook.program).and_then(|p| p.info().ok())
+                && info.run_count() > 0
+            {
+                let run_ns = info.run_time().as_nanos() as u64;
+                let runs = info.run_count();
+                out.insert(
+                    hook.program,
+                    BpfCost {
+                        runs,
+                        run_ns,
+                        ns_per_run: run_ns / runs,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// CPU sample totals now.
+    pub fn cpu_totals(&self) -> CpuTotals {
+        CpuTotals {
+            samples: sum_per_cpu(&self.samples),
+            hw: self
+                .hw
+                .as_ref()
+                .map(|(c, i)| (sum_per_cpu(c), sum_per_cpu(i))),
+        }
+    }
+
+    /// Drops the sample-map entries of processes that are gone.
+    pub fn forget_samples(&mut self, tgids: impl IntoIterator<Item = u32>) {
+        for tgid in tgids {
+            let _ = self.samples.remove(&tgid);
+            if let Some((c, i)) = self.hw.as_mut() {
+                let _ = c.remove(&tgid);
+                let _ = i.remove(&tgid);
+            }
+        }
+    }
+
+    /// Follows an existing TCP connection as if the sensor had seen it connect: its first
+    /// bytes from now on are sent up, tagged with `cookie`. `sock` is the socket itself.
+    pub fn watch(
+        &mut self,
+        sock: &impl AsRawFd,
+        cookie: u64,
+        tgid: u32,
+        peer: SocketAddr,
+    ) -> Result<(), aya::maps::MapError> {
+        let (family, daddr) = match peer.ip() {
+            std::net::IpAddr::V4(a) => {
+                let mut d = [0u8; 16];
+                d[..4].copy_from_slice(&a.octets());
+                (libc::AF_INET as u16, d)
+            }
+            std::net::IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
+        };
+        let st = SockState {
+            cookie,
+            tgid,
+            flags: SOCK_WATCH,
+            family,
+            dport: peer.port(),
+            daddr,
+            ..SockState::default()
+        };
+        self.socks.insert(sock, st, 0)
+    }
+}

@@ -1,0 +1,535 @@
+//! The pipeline: kernel events in, alerts and evidence out. It owns all mutable detection
+//! state: the table of processes ([`process`], one record per process, forgotten in one
+//! place) and the signals ([`signals`], one file each behind one interface). The run loop
+//! ([`run`]) only moves records between the kernel, this and the outputs.
+pub mod process;
+mod run;
+pub mod signals;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use minerwatch_detect::{Reason, Severity};
+
+pub use run::{RunError, run};
+
+use self::{
+    process::{ProcessKey, Table},
+    signals::{Found, Signal, Tick},
+};
+use crate::{
+    api::{LossKind, Publisher, StatusReport, convert},
+    config::Config,
+    enrich::{
+        proc::{self as procfs, Process},
+        users::Users,
+    },
+    kernel::{
+        CpuTotals, Event,
+        events::{DecodeError, Exec},
+    },
+    output::{Outputs, StatsRecord, rfc3339},
+};
+
+/// An ancestor, as an alert names it.
+#[derive(Debug, Clone)]
+pub struct ParentInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+}
+
+/// An alert as the pipeline decided it: the verdict and who it is about. Rendered once, by
+/// [`convert::alert`], for every output.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub id: String,
+    pub update: u32,
+    pub severity: Severity,
+    pub score: u32,
+    pub reasons: Vec<Reason>,
+    pub process: Process,
+    pub user: Option<Arc<str>>,
+    pub connection: Option<SocketAddr>,
+    pub parents: Vec<ParentInfo>,
+    pub at: SystemTime,
+    pub first_seen_at: SystemTime,
+}
+
+/// What the pipeline counts about itself.
+#[derive(Debug, Default)]
+struct Counters {
+    events: u64,
+    decode_errors: u64,
+    alerts: u64,
+    reconciled: u64,
+}
+
+pub struct Pipeline {
+    cfg: Config,
+    table: Table,
+    users: Users,
+    signals: Vec<Box<dyn Signal>>,
+    counters: Counters,
+    /// Alerts raised since the last flush, the latest per process: evidence that arrives in
+    /// one batch of events (exec, connect, first bytes) makes one alert, not one per reason.
+    pending: Vec<AlertRecord>,
+    pub api: Publisher,
+    pub out: Outputs,
+    /// Loss counters as last told to the stream, by name.
+    reported: BTreeMap<&'static str, u64>,
+    /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
+    wall_offset_ns: i128,
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn unix_ns(t: SystemTime) -> i128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+impl Pipeline {
+    pub fn new(cfg: Config, known: Vec<Process>, api: Publisher, out: Outputs) -> Self {
+        let me = std::process::id();
+        let known: Vec<Process> = known.into_iter().filter(|p| p.pid != me).collect();
+        let users = Users::spawn(known.iter().map(|p| p.uid));
+        Pipeline {
+            table: Table::new(Path::new("/proc"), known),
+            signals: signals::all(&cfg),
+            users,
+            counters: Counters::default(),
+            pending: Vec::new(),
+            api,
+            out,
+            reported: BTreeMap::new(),
+            wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
+            cfg,
+        }
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn processes(&self) -> usize {
+        self.table.len()
+    }
+
+    fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = (ktime_ns as i128 + self.wall_offset_ns).max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+    }
+
+    /// Activity (exec, exit, connect) is built only when an output takes it.
+    fn activity(
+        &mut self,
+        at: SystemTime,
+        body: impl FnOnce(&mut Self) -> minerwatch_proto::v1::event::Body,
+    ) {
+        if !self.api.wants_activity() && !self.cfg.events {
+            return;
+        }
+        let body = body(self);
+        let ev = self.api.emit(at, body, false);
+        if self.cfg.events {
+            self.out.event(&ev);
+        }
+    }
+
+    /// Every process already running, and every connection already open, gets the checks a
+    /// new one gets. Called once, after the hooks attached.
+    pub fn start(&mut self, connections: Vec<Event>) {
+        let now = monotonic_ns();
+        let tgids: Vec<u32> = self.table.iter().map(|t| t.key.tgid).collect();
+        let mut found = Vec::new();
+        for tgid in tgids {
+            let t = self.table.load(tgid);
+            for s in &mut self.signals {
+                s.on_process(t, &mut found);
+            }
+        }
+        for ev in &connections {
+            let t = self.table.load(ev_tgid(ev));
+            for s in &mut self.signals {
+                s.on_event(ev, t, &mut found);
+            }
+        }
+        for f in found {
+            self.raise(now, f);
+        }
+        self.flush();
+    }
+
+    /// One record from a ring.
+    pub fn on_kernel(&mut self, ev: Result<Event, DecodeError>) {
+        self.counters.events += 1;
+        match ev {
+            Ok(ev) => self.handle(ev),
+            Err(e) => {
+                self.counters.decode_errors += 1;
+                tracing::debug!(reason = %e, "undecodable event");
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        tracing::trace!(event = ?ev, "event");
+        let mut found = Vec::new();
+        let ktime = match &ev {
+            Event::Exec(e) => e.meta.ktime_ns,
+            Event::Fork(f) => f.meta.ktime_ns,
+            Event::Exit(m) => m.ktime_ns,
+            Event::Connect(c) => c.meta.ktime_ns,
+            Event::Payload(p) => p.meta.ktime_ns,
+            Event::Close(c) => c.meta.ktime_ns,
+        };
+        match &ev {
+            Event::Fork(f) => {
+                let start = procfs::ns_to_ticks(f.child_start_ns);
+                self.table.fork(f.meta.tgid, f.child, start, &f.comm);
+                return;
+            }
+            Event::Exit(m) => {
+                let at = self.wall(m.ktime_ns);
+                let tgid = m.tgid;
+                self.activity(at, |p| {
+                    convert::exit(tgid, p.table.get(tgid).map(|t| &t.info))
+                });
+                self.forget(tgid);
+                return;
+            }
+            Event::Exec(e) => {
+                let info = self.describe(e);
+                self.users.want(info.uid);
+                let user = self.users.name(info.uid);
+                let at = self.wall(e.meta.ktime_ns);
+                self.activity(at, |_| convert::exec(&info, user.as_deref()));
+                let t = self.table.exec(info);
+                for s in &mut self.signals {
+                    s.on_process(t, &mut found);
+                }
+            }
+            Event::Connect(c) => {
+                let at = self.wall(c.meta.ktime_ns);
+                self.activity(at, |_| convert::connect(c));
+            }
+            Event::Payload(_) | Event::Close(_) => {}
+        }
+        let t = self.table.load(ev_tgid(&ev));
+        for s in &mut self.signals {
+            s.on_event(&ev, t, &mut found);
+        }
+        for f in found {
+            self.raise(ktime, f);
+        }
+    }
+
+    /// The one place a process is forgotten: its record and every signal's state for it.
+    fn forget(&mut self, tgid: u32) {
+        if let Some(t) = self.table.forget(tgid) {
+            self.forget_key(t.key);
+        }
+    }
+
+    fn forget_key(&mut self, key: ProcessKey) {
+        for s in &mut self.signals {
+            s.forget(key);
+        }
+    }
+
+    /// tgids forgotten since the last call (their kernel sample entries go too).
+    pub fn take_forgotten(&mut self) -> Vec<u32> {
+        self.table.take_forgotten()
+    }
+
+    /// A process as its exec shows it, completed from /proc: the resolved exe (memfd and
+    /// deleted files show there), the cgroup path, argv when the kernel could not read it.
+    fn describe(&self, e: &Exec) -> Process {
+        let pid = e.meta.tgid;
+        let dir = Path::new("/proc").join(pid.to_string());
+        let exe = std::fs::read_link(dir.join("exe"))
+            .map(|p| procfs::escape_bytes(p.as_os_str().as_encoded_bytes()))
+            .unwrap_or_else(|_| e.filename.clone());
+        let prev = self.table.get(pid).map(|t| &t.info);
+        let ppid = match (e.ppid, prev) {
+            (0, Some(p)) => p.ppid,
+            (p, _) => p,
+        };
+        // The cgroup rarely changes at exec: reuse the known path unless the kernel reports
+        // another cgroup id (a fork child inherits its parent's id and path).
+        let cgroup = match prev {
+            Some(p) if !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id => p.cgroup.clone(),
+            _ => std::fs::read(dir.join("cgroup"))
+                .map(|t| procfs::parse_cgroup_file(&String::from_utf8_lossy(&t)))
+                .unwrap_or_default(),
+        };
+        let argv = if e.argv.is_empty() && e.argv_missing {
+            std::fs::read(dir.join("cmdline"))
+                .map(|b| procfs::split_nul(&b))
+                .unwrap_or_default()
+        } else {
+            e.argv.clone()
+        };
+        Process {
+            pid,
+            start: procfs::ns_to_ticks(e.start_ns),
+            ppid,
+            uid: e.uid,
+            comm: e.comm.clone(),
+            exe,
+            job: procfs::slurm_job(&cgroup),
+            cgroup,
+            cgroup_id: e.meta.cgroup_id,
+            argv: argv.clone(),
+            preexisting: false,
+        }
+    }
+
+    /// Once a second: CPU shares and every signal's tick.
+    pub fn tick(&mut self, cpu: &CpuTotals, dt: Duration, now_ns: u64) {
+        let tick = Tick { now_ns, dt, cpu };
+        let mut found = Vec::new();
+        for s in &mut self.signals {
+            s.on_tick(&tick, &mut self.table, &mut found);
+        }
+        for f in found {
+            self.raise(now_ns, f);
+        }
+    }
+
+    /// Forgets what /proc shows gone or replaced (`live`: pid and start time of every
+    /// running process, read off this thread).
+    pub fn reconcile(&mut self, live: &[(u32, u64)]) {
+        let before: Vec<ProcessKey> = self.table.iter().map(|t| t.key).collect();
+        let n = self.table.reconcile(live);
+        if n > 0 {
+            self.counters.reconciled += n as u64;
+            tracing::debug!(forgotten = n, "reconciled the process table with /proc");
+            for key in before {
+                if self.table.get(key.tgid).is_none() {
+                    self.forget_key(key);
+                }
+            }
+        }
+    }
+
+    fn raise(&mut self, ktime_ns: u64, f: Found) {
+        let Found {
+            tgid,
+            finding,
+            peer,
+        } = f;
+        if let Some(body) = convert::evidence(tgid, &finding) {
+            let at = self.wall(ktime_ns);
+            self.api.emit(at, body, true);
+        }
+        let t = self.table.load(tgid);
+        let Some(alert) = t.case.observe(tgid, ktime_ns, &finding) else {
+            return;
+        };
+        let process = t.info.clone();
+        let parents = self
+            .table
+            .ancestors(tgid, 8)
+            .into_iter()
+            .map(|a| ParentInfo {
+                pid: a.pid,
+                comm: a.comm.clone(),
+                exe: a.exe.clone(),
+            })
+            .collect();
+        let rec = AlertRecord {
+            id: alert.id,
+            update: alert.update,
+            severity: alert.severity,
+            score: alert.score,
+            reasons: alert.reasons,
+            user: self.users.name(process.uid),
+            process,
+            connection: peer,
+            parents,
+            at: self.wall(alert.last_seen_ns),
+            first_seen_at: self.wall(alert.first_seen_ns),
+        };
+        tracing::debug!(pid = tgid, severity = ?rec.severity, "alert");
+        match self.pending.iter_mut().find(|r| r.process.pid == tgid) {
+            // A later finding without a peer must not drop the one the pending alert has.
+            Some(slot) => {
+                let connection = rec.connection.or(slot.connection);
+                *slot = AlertRecord { connection, ..rec };
+            }
+            None => self.pending.push(rec),
+        }
+    }
+
+    /// Writes the pending alerts and flushes every output.
+    pub fn flush(&mut self) {
+        for mut rec in std::mem::take(&mut self.pending) {
+            if let Some(t) = self.table.get(rec.process.pid) {
+                rec.update = t.revisions;
+            }
+            if let Some(t) = self
+                .table
+                .iter_mut()
+                .find(|t| t.key.tgid == rec.process.pid)
+            {
+                t.revisions += 1;
+            }
+            self.counters.alerts += 1;
+            let ev = self.api.emit(rec.at, convert::alert(&rec), true);
+            self.out.event(&ev);
+        }
+        self.api.flush();
+        self.out.flush();
+    }
+
+    /// Every counter the pipeline and its signals keep, by name.
+    fn own_counters(&self) -> BTreeMap<&'static str, u64> {
+        let mut c = BTreeMap::from([
+            ("events", self.counters.events),
+            ("decode_errors", self.counters.decode_errors),
+            ("alerts", self.counters.alerts),
+            ("reconciled", self.counters.reconciled),
+        ]);
+        for s in &self.signals {
+            s.counters(&self.table, &mut c);
+        }
+        c
+    }
+
+    /// Tells the stream what was lost since the last call: kernel ring-buffer drops (from
+    /// `kernel`, the kernel's counters), what signals count as lost, undecodable records.
+    pub fn report_losses(&mut self, kernel: &BTreeMap<&'static str, u64>) {
+        let drops: u64 = kernel
+            .iter()
+            .filter(|(n, _)| n.starts_with("ringbuf_full_"))
+            .map(|(_, v)| v)
+            .sum();
+        let own = self.own_counters();
+        let mut checks = vec![
+            ("kernel_ring", LossKind::KernelRing, drops),
+            ("decode_errors", LossKind::Decode, own["decode_errors"]),
+        ];
+        for s in &self.signals {
+            for &name in s.losses() {
+                checks.push((
+                    name,
+                    LossKind::PayloadGap,
+                    own.get(name).copied().unwrap_or(0),
+                ));
+            }
+        }
+        for (name, kind, now) in checks {
+            let before = self.reported.insert(name, now).unwrap_or(0);
+            if now > before {
+                self.api.loss(&kind, now - before, 0, 0);
+            }
+        }
+    }
+
+    pub fn status_report(
+        &self,
+        kernel: &BTreeMap<&'static str, u64>,
+        started: Instant,
+    ) -> StatusReport {
+        let mut counters: BTreeMap<String, u64> =
+            kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        counters.extend(
+            self.own_counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        let (jsonl, terminal_errors) = self.out.health();
+        counters.insert("jsonl_write_errors".into(), jsonl.write_errors);
+        counters.insert("jsonl_dropped".into(), jsonl.dropped);
+        counters.insert("jsonl_pending".into(), jsonl.pending);
+        counters.insert("jsonl_reopened".into(), jsonl.reopened);
+        counters.insert("terminal_errors".into(), terminal_errors);
+        counters.insert("spool_errors".into(), self.api.spool_errors);
+        let (cpu_seconds, rss_kb, _) = self_usage();
+        StatusReport {
+            uptime_s: started.elapsed().as_secs(),
+            counters,
+            processes: self.table.len(),
+            cpu_seconds,
+            rss_kb,
+        }
+    }
+
+    pub fn stats_record(
+        &self,
+        kernel: BTreeMap<&'static str, u64>,
+        bpf: BTreeMap<&'static str, crate::kernel::BpfCost>,
+        started: Instant,
+    ) -> StatsRecord {
+        let (cpu_seconds, rss_kb, peak_rss_kb) = self_usage();
+        let own = self.own_counters();
+        let (jsonl, terminal_errors) = self.out.health();
+        StatsRecord {
+            kind: "stats",
+            ts: rfc3339(SystemTime::now()),
+            node: self.cfg.node.clone(),
+            uptime_s: started.elapsed().as_secs(),
+            events: own["events"],
+            decode_errors: own["decode_errors"],
+            kernel,
+            payload_gaps: own.get("payload_gaps").copied().unwrap_or(0),
+            alerts: own["alerts"],
+            processes: self.table.len(),
+            streams: own.get("streams").copied().unwrap_or(0),
+            streams_capped: own.get("streams_capped").copied().unwrap_or(0),
+            reconciled: own["reconciled"],
+            jsonl,
+            terminal_errors,
+            cpu_seconds,
+            rss_kb,
+            peak_rss_kb,
+            bpf,
+        }
+    }
+}
+
+/// The process a kernel event is about.
+fn ev_tgid(ev: &Event) -> u32 {
+    match ev {
+        Event::Exec(e) => e.meta.tgid,
+        Event::Fork(f) => f.meta.tgid,
+        Event::Exit(m) => m.tgid,
+        Event::Connect(c) => c.meta.tgid,
+        Event::Payload(p) => p.meta.tgid,
+        Event::Close(c) => c.meta.tgid,
+    }
+}
+
+/// The sensor's own CPU seconds, RSS and peak RSS (KiB).
+pub fn self_usage() -> (f64, u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<u64> = after.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the comm.
+    let tick = procfs::clock_ticks() as f64;
+    let cpu = (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / tick;
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}

@@ -1,0 +1,327 @@
+//! The sensor's life: set up the edges, load the kernel side, then one loop that moves
+//! records from the kernel to the pipeline and the pipeline's output to its sinks.
+use std::{
+    future::Future,
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{sync::watch, task::JoinSet};
+
+use super::{Pipeline, monotonic_ns};
+use crate::{
+    api::{self, Publisher, SensorState},
+    config::Config,
+    enrich::proc as procfs,
+    kernel::{
+        Event, Kernel, KernelError, Ring,
+        events::{Connect, Meta, Transport},
+    },
+    output::{Outputs, ReadyRecord, StopRecord, rfc3339},
+    push,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Spool(#[from] push::spool::SpoolError),
+    #[error(transparent)]
+    Collector(#[from] push::client::PushError),
+}
+
+impl From<crate::kernel::LoadError> for RunError {
+    fn from(e: crate::kernel::LoadError) -> Self {
+        RunError::Kernel(e.into())
+    }
+}
+
+/// How often the lifecycle ring is drained without a wake-up: the most an exec-only finding
+/// waits.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// Records handled per drain before the loop looks at its timers again: a flood cannot keep
+/// it from them (the rest is read on the next turn).
+const DRAIN_BATCH: usize = 4096;
+/// How often the process table is checked against /proc, so a lost exit leaks nothing.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How long a stopping sensor waits for collectors to acknowledge its last events.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the sensor until `shutdown` completes. Returns after writing the final records.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<(), RunError> {
+    let started = Instant::now();
+    // Checked first: an unprivileged user is told the real reason, not that the socket
+    // directory is not writable.
+    if !crate::kernel::loader::is_root() {
+        return Err(crate::kernel::LoadError::NotRoot.into());
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    // Everything that can fail on bad settings or a busy socket fails before the hooks load.
+    let mut publisher = edges(&cfg, &stop_rx, &mut tasks).await?;
+    let mut kernel = Kernel::open(cfg.cpu_sample_hz, cfg.bpf_stats)?;
+    report_hooks(&kernel);
+    // Loading parsed the kernel's BTF twice (ours for offsets, aya's for relocations): give
+    // the freed heap back instead of carrying it for the sensor's whole life.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let out = Outputs::open(cfg.jsonl.as_ref(), cfg.terminal, cfg.min_severity)?;
+    publisher.set_hooks(&kernel.hooks);
+    // Scanned after attaching, so nothing starts unseen between the scan and the hooks.
+    let known = procfs::scan(Path::new("/proc"));
+    let conns = watch_existing(&mut kernel);
+    let mut p = Pipeline::new(cfg, known, publisher, out);
+    ready(&mut p, &kernel, conns.len(), started);
+    p.start(conns);
+
+    let every = |d: Duration| {
+        let mut t = tokio::time::interval(d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let (mut drain, mut second) = (every(DRAIN_EVERY), every(Duration::from_secs(1)));
+    let stats_every = p.cfg().stats_interval;
+    let mut stats = every(if stats_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        stats_every
+    });
+    let heartbeat_every = p.cfg().heartbeat_interval;
+    let (mut heartbeat, mut reconcile) = (every(heartbeat_every), every(RECONCILE_EVERY));
+    stats.tick().await;
+    heartbeat.tick().await;
+    reconcile.tick().await;
+    let (live_tx, mut live_rx) = tokio::sync::mpsc::channel::<Vec<(u32, u64)>>(1);
+    let mut last = Instant::now();
+    tokio::pin!(shutdown);
+    let reason = loop {
+        tokio::select! {
+            reason = &mut shutdown => break reason,
+            ring = kernel.readable() => {
+                // What the lifecycle ring holds happened before first bytes (the exec before
+                // its connect and login): handled first, alerts carry the exec's evidence.
+                ring?;
+                drain_all(&mut kernel, &mut p);
+            }
+            _ = drain.tick() => drain_all(&mut kernel, &mut p),
+            _ = second.tick() => {
+                kernel.forget_samples(p.take_forgotten());
+                let dt = std::mem::replace(&mut last, Instant::now()).elapsed();
+                p.tick(&kernel.cpu_totals(), dt, monotonic_ns());
+                let counters = kernel.counters();
+                p.report_losses(&counters);
+                let report = p.status_report(&counters, started);
+                p.api.status(SensorState::Running, report, "");
+                p.flush();
+            }
+            _ = reconcile.tick() => {
+                // A /proc walk is slow on a busy node: it runs off this thread.
+                let tx = live_tx.clone();
+                tokio::task::spawn_blocking(move || tx.blocking_send(procfs::live(Path::new("/proc"))));
+            }
+            Some(live) = live_rx.recv() => p.reconcile(&live),
+            _ = heartbeat.tick() => {
+                p.api.heartbeat(heartbeat_every.as_secs() as u32);
+                p.api.flush();
+            }
+            _ = stats.tick(), if !stats_every.is_zero() => {
+                let rec = p.stats_record(kernel.counters(), kernel.costs(), started);
+                p.out.stats(&rec);
+                p.out.flush();
+                p.api.status_event();
+                p.api.flush();
+            }
+        }
+    };
+    // What the kernel handed over before the signal is still delivered.
+    drain_all(&mut kernel, &mut p);
+    stop(&mut p, &kernel, reason, started, stop_tx, tasks).await;
+    Ok(())
+}
+
+/// Drains the lifecycle ring, then the decisive one, a batch each.
+fn drain_all(kernel: &mut Kernel, p: &mut Pipeline) {
+    for ring in [Ring::Lifecycle, Ring::Decisive] {
+        kernel.drain(ring, DRAIN_BATCH, |ev| p.on_kernel(ev));
+    }
+    p.flush();
+}
+
+/// The API socket and port, the spool and the collector clients; returns the publisher
+/// that feeds them.
+async fn edges(
+    cfg: &Config,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Result<Publisher, RunError> {
+    let api_socket = match &cfg.socket {
+        Some(path) => Some((api::service::bind_unix(path).await?, path.clone())),
+        None => None,
+    };
+    let api_tcp = match cfg.listen {
+        Some(addr) => Some(api::service::bind_tcp(addr).await?),
+        None => None,
+    };
+    let mut endpoints = Vec::new();
+    for url in &cfg.collectors {
+        endpoints.push(push::client::endpoint(url, cfg.tls.as_ref())?);
+    }
+    let (spool, readers) = if cfg.collectors.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (w, r) = push::spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &cfg.collectors)?;
+        (Some(w), r)
+    };
+    let (publisher, shared) = Publisher::new(
+        api::node(&cfg.node),
+        spool,
+        cfg.collectors.len(),
+        cfg.push_activity,
+    );
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some((listener, path)) = api_socket {
+        tasks.spawn(api::service::serve_unix(
+            listener,
+            path,
+            shared.clone(),
+            stopped(stop.clone()),
+        ));
+    }
+    if let (Some(listener), Some(tls)) = (api_tcp, cfg.tls.as_ref()) {
+        tasks.spawn(api::service::serve_tcp(
+            listener,
+            tls,
+            shared.clone(),
+            stopped(stop.clone()),
+        )?);
+    }
+    for ((reader, endpoint), status) in readers.into_iter().zip(endpoints).zip(&shared.collectors) {
+        let client = push::client::Client::new(
+            reader.name().to_string(),
+            endpoint,
+            reader,
+            status.clone(),
+            shared.node.clone(),
+        );
+        tasks.spawn(client.run(stop.clone()));
+    }
+    Ok(publisher)
+}
+
+fn report_hooks(kernel: &Kernel) {
+    if let Some(e) = &kernel.offsets_error {
+        tracing::warn!(reason = %e, "some BTF offsets are unknown: what they serve is off (see `minerwatch check`)");
+    }
+    for h in kernel.hooks.iter().filter(|h| !h.attached) {
+        let reason = h.error.as_deref().unwrap_or("");
+        if h.optional {
+            tracing::info!(
+                hook = h.program,
+                reason,
+                lost = h.lost,
+                "optional hook not available"
+            );
+        } else {
+            tracing::warn!(hook = h.program, reason, lost = h.lost, "hook missing");
+        }
+    }
+}
+
+/// TCP connections open before the sensor: followed from now on (their first bytes are
+/// captured), and handed to the pipeline as connect events so they get the port check.
+fn watch_existing(kernel: &mut Kernel) -> Vec<Event> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for c in procfs::open_tcp_connections(Path::new("/proc")) {
+        if c.pid == me {
+            continue;
+        }
+        // The socket itself, through a duplicate of the holder's fd: its storage is created
+        // through it, and its packets carry its cookie.
+        let (sock, cookie) = match procfs::socket_of(c.pid, c.fd) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(pid = c.pid, fd = c.fd, reason = %e, "cannot watch existing connection");
+                continue;
+            }
+        };
+        if kernel.watch(&sock, cookie, c.pid, c.peer).is_ok() {
+            out.push(Event::Connect(Connect {
+                meta: Meta {
+                    tgid: c.pid,
+                    tid: c.pid,
+                    ktime_ns: monotonic_ns(),
+                    cgroup_id: 0,
+                },
+                cookie,
+                peer: c.peer,
+                transport: Transport::Tcp,
+                ret: 0,
+                unconnected: false,
+            }));
+        }
+    }
+    out
+}
+
+fn ready(p: &mut Pipeline, kernel: &Kernel, watched: usize, started: Instant) {
+    let (hooks_attached, hooks_missing) = ReadyRecord::hooks(&kernel.hooks);
+    let rec = ReadyRecord {
+        kind: "ready",
+        ts: rfc3339(SystemTime::now()),
+        node: p.cfg().node.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        sensor_pid: std::process::id(),
+        hooks_attached,
+        hooks_missing,
+        processes_known: p.processes(),
+        connections_watched: watched,
+        saturation_window_s: p.cfg().saturation_window.as_secs(),
+    };
+    p.out.ready(&rec);
+    let report = p.status_report(&kernel.counters(), started);
+    p.api.status(SensorState::Ready, report, "");
+}
+
+/// The last records: losses, the stopping status, what collectors still take, final stats.
+async fn stop(
+    p: &mut Pipeline,
+    kernel: &Kernel,
+    reason: String,
+    started: Instant,
+    stop_tx: watch::Sender<bool>,
+    mut tasks: JoinSet<()>,
+) {
+    let counters = kernel.counters();
+    p.report_losses(&counters);
+    let report = p.status_report(&counters, started);
+    p.api.status(SensorState::Stopping, report, &reason);
+    p.api.flush();
+    // Give collectors a moment to take the last events; what they do not take stays spooled
+    // and is sent after the next start.
+    let deadline = Instant::now() + STOP_GRACE;
+    while !p.api.all_acked() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.api.close_clients();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let rec = p.stats_record(kernel.counters(), kernel.costs(), started);
+    p.out.stats(&rec);
+    p.out.stop(&StopRecord {
+        kind: "stop",
+        ts: rfc3339(SystemTime::now()),
+        node: p.cfg().node.clone(),
+        reason,
+    });
+}
