@@ -116,8 +116,11 @@ pub mod stat {
     pub const PAYLOAD_RECORDS_CAPPED: u32 = 11;
     /// A connection sent more than `BLANK_MAX` bytes of whitespace first: capture stopped.
     pub const PAYLOAD_BLANK_CAPPED: u32 = 12;
+    /// A payload record not sent because its process spent its budget on the decisive ring
+    /// ([`crate::PROCESS_PAYLOAD_BYTES`] a second): one process cannot flood it.
+    pub const PAYLOAD_BUDGET_DROPPED: u32 = 13;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -134,6 +137,7 @@ pub mod stat {
         "ringbuf_full_close",
         "payload_records_capped",
         "payload_blank_capped",
+        "payload_budget_dropped",
     ];
 }
 
@@ -149,6 +153,21 @@ pub const WATCH_BYTES: u32 = 2048;
 /// ...or this many records, whatever they held: a login written one byte per packet (some
 /// 600 records) is still captured whole, and tiny packets cannot flood the decisive ring.
 pub const WATCH_RECORDS: u32 = 1024;
+/// Bytes of payload records one process may put on the decisive ring per second, all its
+/// connections together: a login is under 2 KiB, so a process would need hundreds of new
+/// connections a second to reach it. Past it, records are dropped and counted.
+pub const PROCESS_PAYLOAD_BYTES: u32 = 256 * 1024;
+
+/// A process's use of the decisive ring in the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PayloadBudget {
+    /// `bpf_ktime_get_ns()` when the current one-second window began.
+    pub window_ns: u64,
+    pub bytes: u32,
+    pub _pad: u32,
+}
+
 /// Most leading whitespace skipped on one connection; past it the connection is no longer
 /// watched (counted as `payload_blank_capped`).
 pub const BLANK_MAX: u32 = 64 * 1024;

@@ -3,9 +3,9 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use minerwatch_common::{ExecEvent, PayloadEvent, SockState, stat};
+use minerwatch_common::{ExecEvent, PayloadBudget, PayloadEvent, SockState, stat};
 
 /// Lifecycle events (exec, fork, exit, connect, close). 8 MiB absorbs a burst of tens of
 /// thousands of execs while the reader sleeps (exec records are sized to their argv).
@@ -16,6 +16,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// lifecycle events from any user cannot crowd them out.
 #[map]
 pub static EVENTS_HI: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// Each process's use of `EVENTS_HI` this second (tgid -> budget), removed at its exit. A
+/// process that finds the map full goes without a budget (counted as `map_full`).
+#[map]
+pub static PAYLOAD_BUDGETS: HashMap<u32, PayloadBudget> = HashMap::with_max_entries(16384, 0);
 
 /// Per-CPU failure counters, indexed by `minerwatch_common::stat`.
 #[map]

@@ -19,12 +19,13 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use minerwatch_common::{
-    BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PayloadEvent, SOCK_GAP,
-    SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES, WATCH_RECORDS, kind, stat,
+    BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PROCESS_PAYLOAD_BYTES,
+    PayloadBudget, PayloadEvent, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES,
+    WATCH_RECORDS, kind, stat,
 };
 
 use crate::{
-    maps::{EVENTS_HI, PAYLOAD_SCRATCH},
+    maps::{EVENTS_HI, PAYLOAD_BUDGETS, PAYLOAD_SCRATCH},
     net::storage_of,
     util::{BPF_RB_FORCE_WAKEUP, count},
 };
@@ -173,6 +174,34 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
     blank
 }
 
+/// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.
+fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
+    let Some(b) = PAYLOAD_BUDGETS.get_ptr_mut(&tgid) else {
+        let fresh = PayloadBudget {
+            window_ns: now,
+            bytes: size,
+            _pad: 0,
+        };
+        // A full map means no budget for this process, not no capture: counted, let through.
+        if PAYLOAD_BUDGETS.insert(&tgid, &fresh, 0).is_err() {
+            count(stat::MAP_FULL);
+        }
+        return true;
+    };
+    // SAFETY: a value of this map; concurrent updates from two CPUs can only miscount a
+    // little, never fault.
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window_ns) >= 1_000_000_000 {
+        b.window_ns = now;
+        b.bytes = 0;
+    }
+    if b.bytes.saturating_add(size) > PROCESS_PAYLOAD_BYTES {
+        return false;
+    }
+    b.bytes += size;
+    true
+}
+
 fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
     // SAFETY: the context's socket, as the kernel exposes it to cgroup_skb programs.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -272,12 +301,19 @@ fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
             count(stat::PAYLOAD_RECORDS_CAPPED);
         }
     }
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if !within_budget(st.tgid, PAYLOAD_FIXED as u32 + n, now) {
+        // Like a lost record: the next one carries the gap.
+        st.flags |= SOCK_GAP;
+        st.records -= 1;
+        return Err(stat::PAYLOAD_BUDGET_DROPPED);
+    }
     ev.hdr.kind = kind::PAYLOAD;
     ev.hdr.tgid = st.tgid;
     ev.hdr.tid = 0;
     ev.hdr._pad = 0;
-    // SAFETY: helper with no preconditions.
-    ev.hdr.ktime_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    ev.hdr.ktime_ns = now;
     ev.hdr.cgroup_id = st.cgroup_id;
     ev.cookie = st.cookie;
     ev.family = if st.family == AF_INET6 {

@@ -217,6 +217,32 @@ fn login_is_alerted_through_an_exec_and_connect_flood() {
 }
 
 #[test]
+fn one_process_cannot_flood_the_decisive_ring() {
+    if !root_or_skip("one_process_cannot_flood_the_decisive_ring") {
+        return;
+    }
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start("payload-flood", &["--stats-interval", "1"]);
+    // 2 MiB of first bytes from one process, far past its 256 KiB a second.
+    let storm = Proc::spawn(&mut client(&["payload-storm", &addr, "1000"]));
+    std::thread::sleep(Duration::from_millis(100));
+    let c = Proc::spawn(&mut client(&["stratum", &addr, "write"]));
+    high_stratum(
+        &mut s,
+        c.pid(),
+        "a login while another process floods first bytes",
+    );
+    assert!(storm.wait().success());
+    // What the flooder lost is counted, and told as a loss.
+    let stats = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "stats" && r["kernel"]["payload_budget_dropped"].as_u64().unwrap_or(0) > 0
+        })
+        .expect("a stats record counting the dropped records");
+    assert_eq!(stats["kernel"]["ringbuf_full_payload"], 0, "{stats}");
+}
+
+#[test]
 fn many_short_lived_sockets_leave_nothing_behind() {
     if !root_or_skip("many_short_lived_sockets_leave_nothing_behind") {
         return;

@@ -416,7 +416,7 @@ impl Pipeline {
     pub fn report_losses(&mut self, kernel: &BTreeMap<&'static str, u64>) {
         let drops: u64 = kernel
             .iter()
-            .filter(|(n, _)| n.starts_with("ringbuf_full_"))
+            .filter(|(n, _)| n.starts_with("ringbuf_full_") || **n == "payload_budget_dropped")
             .map(|(_, v)| v)
             .sum();
         let own = self.own_counters();

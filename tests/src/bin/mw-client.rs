@@ -5,7 +5,7 @@
 //! `udp ADDR` (one datagram unconnected, one connected), `thread-exec PROG ARGS…` (a
 //! non-leader thread execs), `memfd-exec PROG ARGS…` (PROG copied into a memfd, run with
 //! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections),
-//! `padded ADDR one|split` (2 KiB of whitespace before the login, in the login's write or
+//! `payload-storm ADDR N` (N connections sending 2 KiB each), `padded ADDR one|split` (2 KiB of whitespace before the login, in the login's write or
 //! in writes of their own).
 use std::{
     io::{BufRead, Read, Write},
@@ -194,6 +194,16 @@ fn main() {
             for _ in 0..n {
                 if let Ok(mut s) = TcpStream::connect(addr(2)) {
                     let _ = s.write_all(b"ping\n");
+                }
+            }
+        }
+        "payload-storm" => {
+            // N connections that each send 2 KiB that is not Stratum, as fast as they go.
+            let n: u32 = arg(3).parse().expect("count");
+            let junk = [b'x'; 2048];
+            for _ in 0..n {
+                if let Ok(mut s) = TcpStream::connect(addr(2)) {
+                    let _ = s.write_all(&junk);
                 }
             }
         }
