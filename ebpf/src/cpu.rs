@@ -1,10 +1,11 @@
 //! On-CPU sampling: perf_event programs on every CPU. cpu-clock (software, works in VMs)
 //! gives each process's share of a core; on nodes with a hardware PMU, cycle and
-//! instruction samples give its IPC. Each sample adds one to the running process's counter.
-use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
-use minerwatch_common::stat;
+//! instruction samples give its IPC. Each sample adds one to the running process's counter,
+//! atomically: the maps are shared by all CPUs, so their size does not grow with the CPUs.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::maps::PerCpuHashMap;
+use aya_ebpf::{macros::perf_event, maps::HashMap, programs::PerfEventContext};
+use minerwatch_common::stat;
 
 use crate::{
     maps::{CPU_SAMPLES, HW_CYCLES, HW_INSNS},
@@ -38,7 +39,7 @@ pub fn cpu_hw_insns(_ctx: PerfEventContext) -> u32 {
 
 /// Adds one sample for the running process to `map`.
 #[inline(always)]
-fn add_sample(map: &PerCpuHashMap<u32, u64>) {
+fn add_sample(map: &HashMap<u32, u64>) {
     let Some((tgid, _)) = current() else {
         return;
     };
@@ -46,8 +47,12 @@ fn add_sample(map: &PerCpuHashMap<u32, u64>) {
         return; // idle
     }
     match map.get_ptr_mut(tgid) {
-        // SAFETY: this CPU's slot of a per-CPU map value; nothing else writes it meanwhile.
-        Some(p) => unsafe { *p += 1 },
+        // SAFETY: a live value of this map, aligned for u64; other CPUs add to it only
+        // through atomics too.
+        // (The BPF target has no `AtomicU64::fetch_add`; this is the instruction it lowers to.)
+        Some(p) => {
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+        }
         None => {
             // -EEXIST means another CPU inserted it first: that sample is lost, harmlessly.
             if let Err(e) = map.insert(tgid, 1, BPF_NOEXIST)

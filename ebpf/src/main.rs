@@ -2,6 +2,9 @@
 //! `try_` function; failures are counted in `STATS`, never silently dropped.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target offers no atomic read-modify-write through `core::sync`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod cpu;
 mod exec;

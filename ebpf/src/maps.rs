@@ -3,7 +3,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use minerwatch_common::{ExecEvent, PayloadBudget, PayloadEvent, SockState, stat};
 
@@ -31,15 +31,16 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 
-/// cpu-clock samples per tgid, per CPU (no atomics needed); user space sums the CPUs.
+/// cpu-clock samples per tgid, added to atomically. Not a per-CPU map: 32,768 per-CPU slots
+/// of 8 bytes would lock 64 MiB on a 256-CPU node, for each of the three sample maps.
 #[map]
-pub static CPU_SAMPLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+pub static CPU_SAMPLES: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 
-/// Hardware counter samples per tgid, per CPU (see `minerwatch_common::HW_SAMPLE_PERIOD`).
+/// Hardware counter samples per tgid (see `minerwatch_common::HW_SAMPLE_PERIOD`).
 #[map]
-pub static HW_CYCLES: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+pub static HW_CYCLES: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 #[map]
-pub static HW_INSNS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(32768, 0);
+pub static HW_INSNS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 
 /// Scratch space to build an `ExecEvent` (too large for the 512-byte stack); only the used
 /// part is copied into the ring.

@@ -84,7 +84,7 @@ fn try_proc_exit() -> Result<(), u32> {
         return Ok(());
     }
     // Its decisive-ring budget goes with it (absent for most processes: a failed lookup).
-    let _ = crate::maps::PAYLOAD_BUDGETS.remove(&tgid);
+    let _ = crate::maps::PAYLOAD_BUDGETS.remove(tgid);
     // The sample maps are pruned by user space on this event, off the exiting task's path.
     let ev = ExitEvent {
         hdr: header(kind::EXIT, tgid, tid),

@@ -8,7 +8,7 @@ pub mod loader;
 
 use std::{collections::BTreeMap, net::SocketAddr, os::fd::AsRawFd};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SkStorage};
 use hashbrown::HashMap;
 use minerwatch_common::{SOCK_WATCH, SockState, map, stat};
 use tokio::io::unix::AsyncFd;
@@ -54,8 +54,8 @@ pub struct CpuTotals {
     pub hw: Option<(HashMap<u32, u64>, HashMap<u32, u64>)>,
 }
 
-/// Samples per tgid, one count per CPU.
-type SampleMap = PerCpuHashMap<MapData, u32, u64>;
+/// Samples per tgid.
+type SampleMap = BpfHashMap<MapData, u32, u64>;
 
 /// The loaded programs and the maps user space reads and writes.
 pub struct Kernel {
@@ -66,7 +66,7 @@ pub struct Kernel {
     decisive: AsyncFd<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     socks: SkStorage<MapData, SockState>,
-    samples: PerCpuHashMap<MapData, u32, u64>,
+    samples: SampleMap,
     hw: Option<(SampleMap, SampleMap)>,
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -83,12 +83,9 @@ where
     T::try_from(m).map_err(|source| KernelError::Map { name, source })
 }
 
-/// tgid -> samples summed over CPUs.
-fn sum_per_cpu(map: &PerCpuHashMap<MapData, u32, u64>) -> HashMap<u32, u64> {
-    map.iter()
-        .filter_map(Result::ok)
-        .map(|(tgid, per_cpu)| (tgid, per_cpu.iter().sum()))
-        .collect()
+/// tgid -> samples.
+fn read_samples(map: &SampleMap) -> HashMap<u32, u64> {
+    map.iter().filter_map(Result::ok).collect()
 }
 
 impl Kernel {
@@ -213,11 +210,11 @@ impl Kernel {
     /// CPU sample totals now.
     pub fn cpu_totals(&self) -> CpuTotals {
         CpuTotals {
-            samples: sum_per_cpu(&self.samples),
+            samples: read_samples(&self.samples),
             hw: self
                 .hw
                 .as_ref()
-                .map(|(c, i)| (sum_per_cpu(c), sum_per_cpu(i))),
+                .map(|(c, i)| (read_samples(c), read_samples(i))),
         }
     }
 
