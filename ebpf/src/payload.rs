@@ -27,7 +27,7 @@ use minerwatch_common::{
 use crate::{
     maps::{EVENTS_HI, PAYLOAD_BUDGETS, PAYLOAD_SCRATCH},
     net::storage_of,
-    util::{BPF_RB_FORCE_WAKEUP, count},
+    util::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, count},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -176,14 +176,14 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
 
 /// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.
 fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
-    let Some(b) = PAYLOAD_BUDGETS.get_ptr_mut(&tgid) else {
+    let Some(b) = PAYLOAD_BUDGETS.get_ptr_mut(tgid) else {
         let fresh = PayloadBudget {
             window_ns: now,
             bytes: size,
             _pad: 0,
         };
         // A full map means no budget for this process, not no capture: counted, let through.
-        if PAYLOAD_BUDGETS.insert(&tgid, &fresh, 0).is_err() {
+        if PAYLOAD_BUDGETS.insert(tgid, fresh, 0).is_err() {
             count(stat::MAP_FULL);
         }
         return true;
@@ -328,8 +328,18 @@ fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
     ev.len = n;
     ev.total = total;
     ev._pad1 = 0;
-    // Only the captured bytes go into the ring. Stratum alerts wait on this record: wake the
-    // reader at once.
+    // Only the captured bytes go into the ring. Alerts wait on the record that completes a
+    // message: a connection's first record, one that ends a line (Stratum is one JSON object
+    // per line) and the last wake the reader at once. The others (a stream of small packets)
+    // wait for the next one that does, or the reader's 50 ms drain: a chatty connection does
+    // not cost a wake-up per packet.
+    // SAFETY: 1 <= n <= PAYLOAD_CAP, so the index is inside `data`.
+    let last_byte = unsafe { *ev.data.as_ptr().add(((n - 1) as usize) & (PAYLOAD_CAP - 1)) };
+    let wake = if st.records == 1 || done || last_byte == b'\n' {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     let size = PAYLOAD_FIXED + u64::from(n);
     let size = if size > size_of::<PayloadEvent>() as u64 {
         size_of::<PayloadEvent>() as u64
@@ -342,7 +352,7 @@ fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
             core::ptr::from_ref(&EVENTS_HI).cast_mut().cast(),
             core::ptr::from_mut(ev).cast(),
             size,
-            BPF_RB_FORCE_WAKEUP,
+            wake,
         )
     };
     if ret < 0 {

@@ -5,7 +5,7 @@ use minerwatch_common::{EventHeader, KernelOffsets};
 use crate::maps::{EVENTS, STATS};
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_RB_NO_WAKEUP: u64 = 1;
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Unread bytes past which a lifecycle event wakes the reader after all.
 const WAKE_ABOVE: u64 = 1024 * 1024;
