@@ -397,6 +397,16 @@ impl Workload {
         }
     }
 
+    /// Operations one run does (execs, connects, writes; 1 for the CPU loop).
+    fn ops(self, s: &Sizes) -> u64 {
+        match self {
+            Workload::Exec => s.execs,
+            Workload::Connect => s.connects,
+            Workload::WriteFile | Workload::WriteSocket => s.writes,
+            Workload::Cpu => 1,
+        }
+    }
+
     fn short(self) -> &'static str {
         match self {
             Workload::Exec => "exec",
@@ -510,6 +520,9 @@ fn drain_listener() -> Result<std::net::SocketAddr> {
 pub struct Overhead {
     /// [workload][tool] -> median seconds
     pub medians: Vec<[f64; 4]>,
+    /// [workload][tool] -> (lowest, highest) slowdown in % over the rounds, each round's
+    /// tool against the same round's baseline.
+    pub spread: Vec<[(f64, f64); 4]>,
     /// Sensor CPU seconds per workload (median), its peak RSS per workload (max over the
     /// rounds), and its peak RSS over the whole run.
     pub sensor_cpu: Vec<f64>,
@@ -566,6 +579,26 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
         }
     }
     stop_auditd();
+    let spread = times
+        .iter()
+        .map(|per_tool| {
+            let mut sp = [(f64::NAN, f64::NAN); 4];
+            for (i, v) in per_tool.iter().enumerate() {
+                let ratios: Vec<f64> = v
+                    .iter()
+                    .zip(&per_tool[0])
+                    .map(|(t, b)| (t / b - 1.0) * 100.0)
+                    .collect();
+                if !ratios.is_empty() {
+                    sp[i] = (
+                        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                        ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    );
+                }
+            }
+            sp
+        })
+        .collect();
     let medians = times
         .into_iter()
         .map(|per_tool| {
@@ -580,6 +613,7 @@ fn overhead(s: &Sizes, ctx: &Ctx) -> Result<Overhead> {
         .collect();
     Ok(Overhead {
         medians,
+        spread,
         sensor_cpu: sensor_cpu.into_iter().map(median).collect(),
         sensor_rss_kb: sensor_rss,
         sensor_peak_rss_kb: peak,
@@ -598,6 +632,8 @@ fn which(cmd: &str) -> bool {
 pub struct Idle {
     pub cpu_share: f64,
     pub rss_kb: u64,
+    /// Kernel memory locked by the sensor's maps: here, and projected to a 256-CPU node.
+    pub maps: MapMemory,
     pub storm_rate: f64,
     pub storm_cpu_share: f64,
     pub storm_drops: u64,
@@ -658,6 +694,47 @@ fn drops(stats: &Value) -> u64 {
     })
 }
 
+#[derive(Debug, Default)]
+pub struct MapMemory {
+    pub maps: usize,
+    pub bytes: u64,
+    /// The same maps on a 256-CPU node: per-CPU maps grow with the CPUs, the rest do not.
+    pub bytes_256: u64,
+    pub cpus: u64,
+}
+
+/// Sums `memlock` over the BPF maps process `pid` holds (from /proc/<pid>/fdinfo). Map types
+/// 5, 6, 10 and 21 are the per-CPU ones (hash, array, LRU hash, cgroup storage).
+fn map_memory(pid: u32) -> MapMemory {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut m = MapMemory {
+        cpus,
+        ..MapMemory::default()
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return m;
+    };
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(ty), Some(memlock)) = (field("map_type:"), field("memlock:")) else {
+            continue;
+        };
+        m.maps += 1;
+        m.bytes += memlock;
+        m.bytes_256 += if matches!(ty, 5 | 6 | 10 | 21) {
+            memlock * 256 / cpus
+        } else {
+            memlock
+        };
+    }
+    m
+}
+
 fn idle_and_storm(s: &Sizes, ctx: &Ctx, root: &Path) -> Result<Idle> {
     let target = exec_target(root)?;
     step(&format!(
@@ -672,6 +749,7 @@ fn idle_and_storm(s: &Sizes, ctx: &Ctx, root: &Path) -> Result<Idle> {
     thread::sleep(Duration::from_secs(s.idle_secs));
     let (c1, rss, _) = usage(pid);
     let cpu_share = (c1 - c0) / t0.elapsed().as_secs_f64();
+    let maps = map_memory(pid);
     let (n, t) = paced_execs(&target, s.storm_rate * s.storm_secs, s.storm_rate);
     let (c2, _, _) = usage(pid);
     thread::sleep(Duration::from_millis(300));
@@ -679,6 +757,7 @@ fn idle_and_storm(s: &Sizes, ctx: &Ctx, root: &Path) -> Result<Idle> {
     Ok(Idle {
         cpu_share,
         rss_kb: rss,
+        maps,
         storm_rate: n as f64 / t,
         storm_cpu_share: (c2 - c1) / t,
         storm_drops: drops(&stats),
@@ -861,14 +940,61 @@ fn out_pid(out: &std::process::Output) -> u64 {
         .unwrap_or(0)
 }
 
-/// Per-hook BPF cost while every workload runs once.
-fn bpf_costs(s: &Sizes, ctx: &Ctx) -> Result<Value> {
-    step("per-hook BPF cost (kernel BPF statistics) across the workloads");
-    let sensor = SensorProc::start(&ctx.bin, &ctx.out.join("bpfstats.jsonl"), &["--bpf-stats"])?;
-    for w in Workload::ALL {
-        w.run(s, ctx)?;
+/// One workload's in-kernel cost: what every hook spent while it ran once, against its
+/// wall time. Precise where the wall-time ratios are noisy.
+struct KernelCost {
+    workload: Workload,
+    wall_s: f64,
+    ops: u64,
+    /// hook -> (runs, ns)
+    hooks: Vec<(String, u64, u64)>,
+}
+
+impl KernelCost {
+    fn ns(&self) -> u64 {
+        self.hooks.iter().map(|h| h.2).sum()
     }
-    Ok(sensor.stop()?["bpf"].clone())
+}
+
+/// Per-hook BPF cost, one sensor per workload (so each workload's runs are its own), and
+/// the totals over all of them.
+fn bpf_costs(s: &Sizes, ctx: &Ctx) -> Result<(Value, Vec<KernelCost>)> {
+    step("per-hook BPF cost (kernel BPF statistics), each workload on its own");
+    let mut total = serde_json::Map::new();
+    let mut per = Vec::new();
+    for w in Workload::ALL {
+        let sensor =
+            SensorProc::start(&ctx.bin, &ctx.out.join("bpfstats.jsonl"), &["--bpf-stats"])?;
+        let wall_s = w.run(s, ctx)?;
+        let bpf = sensor.stop()?["bpf"].clone();
+        let mut hooks = Vec::new();
+        for (k, v) in bpf.as_object().into_iter().flatten() {
+            let (runs, ns) = (
+                v["runs"].as_u64().unwrap_or(0),
+                v["run_ns"].as_u64().unwrap_or(0),
+            );
+            hooks.push((k.clone(), runs, ns));
+            let t = total
+                .entry(k.clone())
+                .or_insert_with(|| serde_json::json!({"runs": 0, "run_ns": 0}));
+            t["runs"] = (t["runs"].as_u64().unwrap_or(0) + runs).into();
+            t["run_ns"] = (t["run_ns"].as_u64().unwrap_or(0) + ns).into();
+        }
+        per.push(KernelCost {
+            workload: w,
+            wall_s,
+            ops: w.ops(s),
+            hooks,
+        });
+    }
+    for v in total.values_mut() {
+        let (runs, ns) = (
+            v["runs"].as_u64().unwrap_or(0),
+            v["run_ns"].as_u64().unwrap_or(0),
+        );
+        v["ns_per_run"] = (ns / runs.max(1)).into();
+    }
+    Ok((Value::Object(total), per))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -998,7 +1124,7 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
     let o = overhead(s, &ctx)?;
     let rates = throughput(s, &ctx)?;
     let lat = latency(s, &ctx, &client)?;
-    let bpf = bpf_costs(s, &ctx)?;
+    let (bpf, per_workload) = bpf_costs(s, &ctx)?;
     let delivered = crate::delivery::run(root, s.delivery_events, s.latency_runs)?;
 
     let mut md = String::new();
@@ -1015,19 +1141,60 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
     );
     let _ = writeln!(
         md,
+        "Each slowdown is the median, with the lowest and highest of the rounds (each round against its own baseline) in brackets.\n"
+    );
+    let _ = writeln!(
+        md,
         "| workload | no sensor | minerwatch | auditd | bpftrace | minerwatch CPU | minerwatch peak RSS |\n|---|---|---|---|---|---|---|"
     );
     for (wi, m) in o.medians.iter().enumerate() {
+        let sp = &o.spread[wi];
+        let with = |i: usize| {
+            if m[i].is_nan() {
+                "n/a".to_string()
+            } else {
+                format!("{} [{:+.1}..{:+.1}]", pct(m[0], m[i]), sp[i].0, sp[i].1)
+            }
+        };
         let _ = writeln!(
             md,
             "| {} | {:.3} s | {} | {} | {} | {:.2} s | {:.1} MiB |",
             Workload::ALL[wi].name(s),
             m[0],
-            pct(m[0], m[1]),
-            pct(m[0], m[2]),
-            pct(m[0], m[3]),
+            with(1),
+            with(2),
+            with(3),
             o.sensor_cpu[wi],
             o.sensor_rss_kb[wi] as f64 / 1024.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**In-kernel cost per operation** (kernel BPF statistics, each workload once under its own sensor): the time every hook spent, per operation, beside the operation's own time. This is the precise figure; the wall-time ratios above move a few points from run to run.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | operations | wall per operation | hooks' time per operation | share | hooks that ran (runs, ns per run) |\n|---|---|---|---|---|---|"
+    );
+    for k in &per_workload {
+        let ops = k.ops.max(1) as f64;
+        let per_op_ns = k.ns() as f64 / ops;
+        let wall_ns = k.wall_s * 1e9 / ops;
+        let hooks: Vec<String> = k
+            .hooks
+            .iter()
+            .filter(|h| h.1 > 0)
+            .map(|h| format!("{} ({}, {})", h.0, h.1, h.2 / h.1.max(1)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} ns | {:.0} ns | {:.2} % | {} |",
+            k.workload.short(),
+            k.ops,
+            wall_ns,
+            per_op_ns,
+            per_op_ns / wall_ns * 100.0,
+            hooks.join(", ")
         );
     }
     let exec = &o.medians[0];
@@ -1056,6 +1223,14 @@ pub fn all(root: &Path, s: &Sizes) -> Result<()> {
         idle.cpu_share * 100.0
     );
     let _ = writeln!(md, "| idle RSS | {:.1} MiB |", idle.rss_kb as f64 / 1024.0);
+    let _ = writeln!(
+        md,
+        "| kernel memory locked by its {} maps | {:.1} MiB on {} CPUs; {:.1} MiB on a 256-CPU node (per-CPU maps grow with the CPUs) |",
+        idle.maps.maps,
+        idle.maps.bytes as f64 / 1048576.0,
+        idle.maps.cpus,
+        idle.maps.bytes_256 as f64 / 1048576.0
+    );
     let _ = writeln!(
         md,
         "| peak RSS over the overhead rounds | {:.1} MiB |",
