@@ -242,13 +242,16 @@ pub fn open(
         }
         Some((&first, seg)) => {
             let f = File::open(&seg.path).map_err(io(&seg.path))?;
-            let (mut pos, mut expect) = (0u64, first);
+            // Sequence numbers rise through a segment, with gaps where events were not for
+            // collectors (activity without push_activity): a whole record whose number does
+            // not rise is where the good data ends.
+            let (mut pos, mut last) = (0u64, first - 1);
             while let Record::Ok { seq, next, .. } = read_record(&f, pos) {
-                if seq != expect {
+                if seq <= last {
                     break;
                 }
                 pos = next;
-                expect += 1;
+                last = seq;
             }
             if pos != seg.bytes {
                 tracing::warn!(segment = %seg.path.display(), kept = pos, cut = seg.bytes - pos, "spool: cutting a torn tail");
@@ -259,7 +262,7 @@ pub fn open(
                     .map_err(io(&seg.path))?;
                 seg.bytes = pos;
             }
-            (first, expect - 1)
+            (first, last)
         }
     };
     let oldest = segments.keys().next().copied().unwrap_or(1);
@@ -597,6 +600,24 @@ mod tests {
         let (w, mut r) = open(&dir, 1 << 30, &c).unwrap();
         assert_eq!(w.last_seq(), base + 10);
         assert_eq!(seqs(&mut r[0]), (base + 5..=base + 10).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_spool_with_gaps_in_its_numbers_is_kept_whole_across_a_restart() {
+        let dir = tmp("gaps");
+        let c = vec!["http://c1".to_string()];
+        let (mut w, _) = open(&dir, 1 << 30, &c).unwrap();
+        let base = w.last_seq();
+        let kept: Vec<u64> = [1, 2, 5, 9, 10].iter().map(|s| base + s).collect();
+        for &s in &kept {
+            w.append(&ev(s, 10)).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        let (w, mut r) = open(&dir, 1 << 30, &c).unwrap();
+        assert_eq!(w.last_seq(), base + 10);
+        assert_eq!(seqs(&mut r[0]), kept);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
