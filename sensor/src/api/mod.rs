@@ -106,15 +106,104 @@ pub struct Publisher {
     last_seq: u64,
     shared_seq: Arc<AtomicU64>,
     hub: Arc<Hub>,
-    spool: Option<Writer>,
+    spool: Option<SpoolFeed>,
     status_tx: watch::Sender<SensorStatus>,
     hooks: Vec<minerwatch_proto::v1::Hook>,
     started: SystemTime,
-    /// Sequence numbers given out while the spool could not write: told as one loss.
+    /// Sequence numbers given out that the spool did not take: told as one loss.
     unspooled: Option<(u64, u64, String)>,
+    /// Spool appends and flushes that failed, here and on the spool thread.
     pub spool_errors: u64,
     /// Collectors get activity too, not only decisive events and heartbeats.
     push_activity: bool,
+}
+
+/// Events queued for the spool thread, at most: past this (a disk that stalls for seconds)
+/// events are not spooled and the gap is told as a loss, rather than the pipeline waiting.
+const SPOOL_QUEUE: usize = 65_536;
+
+enum SpoolCmd {
+    Append(Arc<Event>),
+    Flush,
+}
+
+/// What the spool thread could not write, for the publisher to tell.
+#[derive(Default)]
+struct SpoolTrouble {
+    errors: u64,
+    unspooled: Option<(u64, u64, String)>,
+}
+
+/// The spool, written on a thread of its own: appends and fsyncs never stall the pipeline.
+struct SpoolFeed {
+    tx: Option<std::sync::mpsc::SyncSender<SpoolCmd>>,
+    view: crate::push::spool::View,
+    trouble: Arc<Mutex<SpoolTrouble>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SpoolFeed {
+    fn start(mut w: Writer) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SpoolCmd>(SPOOL_QUEUE);
+        let trouble = Arc::new(Mutex::new(SpoolTrouble::default()));
+        let view = w.view();
+        let t = trouble.clone();
+        let thread = std::thread::Builder::new()
+            .name("minerwatch-spool".into())
+            .spawn(move || {
+                let fail = |seq: Option<u64>, e: &dyn std::fmt::Display| {
+                    let Ok(mut t) = t.lock() else { return };
+                    t.errors += 1;
+                    if let Some(seq) = seq {
+                        let u = t.unspooled.get_or_insert((seq, seq, e.to_string()));
+                        u.1 = seq;
+                    }
+                    if t.errors.is_power_of_two() {
+                        tracing::error!(reason = %e, "spool write failed: collectors will miss events");
+                    }
+                };
+                for cmd in rx {
+                    match cmd {
+                        SpoolCmd::Append(ev) => {
+                            if let Err(e) = w.append(&ev) {
+                                fail(Some(ev.seq), &e);
+                            }
+                        }
+                        SpoolCmd::Flush => {
+                            if let Err(e) = w.flush() {
+                                fail(None, &e);
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = w.flush() {
+                    fail(None, &e);
+                }
+            })?;
+        Ok(SpoolFeed {
+            tx: Some(tx),
+            view,
+            trouble,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `cmd`; what cannot be queued is returned with the reason.
+    fn send(&self, cmd: SpoolCmd) -> Result<(), &'static str> {
+        let tx = self.tx.as_ref().ok_or("the spool is closed")?;
+        tx.try_send(cmd).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => "the spool's writer is behind (a slow disk)",
+            std::sync::mpsc::TrySendError::Disconnected(_) => "the spool's writer stopped",
+        })
+    }
+
+    /// Writes what is queued and waits for the thread to end.
+    fn close(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Publisher {
@@ -127,6 +216,11 @@ impl Publisher {
         let hub = Arc::new(Hub::default());
         let (status_tx, status_rx) = watch::channel(SensorStatus::default());
         let last_seq = spool.as_ref().map_or(0, |s| s.last_seq());
+        let spool = spool.and_then(|w| {
+            SpoolFeed::start(w)
+                .map_err(|e| tracing::error!(reason = %e, "cannot start the spool thread: collectors get nothing"))
+                .ok()
+        });
         let shared_seq = Arc::new(AtomicU64::new(last_seq));
         let shared = Shared {
             hub: hub.clone(),
@@ -174,22 +268,23 @@ impl Publisher {
         };
         let to_collectors =
             rare || self.push_activity || matches!(ev.body, Some(Body::Heartbeat(_)));
-        if let Some(spool) = self.spool.as_mut().filter(|_| to_collectors) {
-            match spool.append(&ev) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.spool_errors += 1;
-                    let u = self
-                        .unspooled
-                        .get_or_insert((ev.seq, ev.seq, e.to_string()));
-                    u.1 = ev.seq;
-                    if self.spool_errors.is_power_of_two() {
-                        tracing::error!(reason = %e, seq = ev.seq, "spool write failed: collectors will miss events");
-                    }
-                }
+        let ev = Arc::new(ev);
+        if let Some(spool) = self.spool.as_ref().filter(|_| to_collectors)
+            && let Err(why) = spool.send(SpoolCmd::Append(ev.clone()))
+        {
+            self.spool_errors += 1;
+            let u = self
+                .unspooled
+                .get_or_insert((ev.seq, ev.seq, why.to_string()));
+            u.1 = ev.seq;
+            if self.spool_errors.is_power_of_two() {
+                tracing::error!(
+                    reason = why,
+                    seq = ev.seq,
+                    "event not spooled: collectors will miss it"
+                );
             }
         }
-        let ev = Arc::new(ev);
         if rare || self.hub.has_clients() {
             self.hub.publish(ev.clone(), rare);
         }
@@ -205,17 +300,25 @@ impl Publisher {
         );
     }
 
-    /// Writes what is buffered so collectors can take it, and reports spool losses.
+    /// Asks the spool thread to hand what it has to the OS, so collectors can take it, and
+    /// reports what the spool lost.
     pub fn flush(&mut self) {
-        let Some(spool) = self.spool.as_mut() else {
+        let Some(spool) = self.spool.as_ref() else {
             return;
         };
-        if let Err(e) = spool.flush() {
-            self.spool_errors += 1;
-            tracing::error!(reason = %e, "spool flush failed");
-        }
-        let dropped = spool.take_losses();
-        if let Some((first, last, error)) = self.unspooled.take() {
+        // A full queue will be flushed behind what fills it: nothing to tell.
+        let _ = spool.send(SpoolCmd::Flush);
+        let dropped = spool.view.take_losses();
+        let thread_trouble = spool
+            .trouble
+            .lock()
+            .map(|mut t| (std::mem::take(&mut t.errors), t.unspooled.take()))
+            .unwrap_or_default();
+        self.spool_errors += thread_trouble.0;
+        for (first, last, error) in [self.unspooled.take(), thread_trouble.1]
+            .into_iter()
+            .flatten()
+        {
             self.loss(
                 &LossKind::SpoolWrite { error },
                 last - first + 1,
@@ -233,8 +336,16 @@ impl Publisher {
                 d.last,
             );
         }
+        if let Some(spool) = self.spool.as_ref() {
+            let _ = spool.send(SpoolCmd::Flush);
+        }
+    }
+
+    /// Writes everything queued for the spool and stops its thread: the last thing before
+    /// the sensor exits.
+    pub fn close_spool(&mut self) {
         if let Some(spool) = self.spool.as_mut() {
-            let _ = spool.flush();
+            spool.close();
         }
     }
 
@@ -276,7 +387,7 @@ impl Publisher {
 
     /// Every collector has acknowledged everything (true without collectors).
     pub fn all_acked(&self) -> bool {
-        self.spool.as_ref().is_none_or(|s| s.all_acked())
+        self.spool.as_ref().is_none_or(|s| s.view.all_acked())
     }
 
     pub fn heartbeat(&mut self, interval_s: u32) {

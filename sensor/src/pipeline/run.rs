@@ -311,6 +311,7 @@ async fn stop(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     p.api.close_clients();
+    p.api.close_spool();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while tasks.join_next().await.is_some() {}

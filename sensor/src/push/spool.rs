@@ -189,6 +189,36 @@ pub struct Writer {
     buf: Vec<u8>,
 }
 
+/// What the sensor task reads of a spool that another thread writes: how far it goes, what
+/// its bound dropped, whether every collector has it all.
+#[derive(Clone)]
+pub struct View {
+    shared: Arc<Shared>,
+}
+
+impl View {
+    pub fn last_seq(&self) -> u64 {
+        self.shared.index.lock().map_or(0, |i| i.last_seq)
+    }
+
+    /// What the bound dropped since the last call.
+    pub fn take_losses(&self) -> Vec<Dropped> {
+        self.shared
+            .index
+            .lock()
+            .map(|mut i| std::mem::take(&mut i.dropped))
+            .unwrap_or_default()
+    }
+
+    /// Every collector has acknowledged everything written.
+    pub fn all_acked(&self) -> bool {
+        self.shared
+            .index
+            .lock()
+            .is_ok_and(|i| i.cursors.values().all(|&a| a >= i.last_seq))
+    }
+}
+
 /// A collector's end: reads what it has not acknowledged yet, and acknowledges.
 pub struct Reader {
     shared: Arc<Shared>,
@@ -320,8 +350,14 @@ pub fn open(
 }
 
 impl Writer {
+    pub fn view(&self) -> View {
+        View {
+            shared: self.shared.clone(),
+        }
+    }
+
     pub fn last_seq(&self) -> u64 {
-        self.shared.index.lock().map_or(0, |i| i.last_seq)
+        self.view().last_seq()
     }
 
     /// Appends one event. Its `seq` must be one past the last.
@@ -414,19 +450,7 @@ impl Writer {
 
     /// What the bound dropped since the last call.
     pub fn take_losses(&mut self) -> Vec<Dropped> {
-        self.shared
-            .index
-            .lock()
-            .map(|mut i| std::mem::take(&mut i.dropped))
-            .unwrap_or_default()
-    }
-
-    /// Every collector has acknowledged everything written.
-    pub fn all_acked(&self) -> bool {
-        self.shared
-            .index
-            .lock()
-            .is_ok_and(|i| i.cursors.values().all(|&a| a >= i.last_seq))
+        self.view().take_losses()
     }
 }
 
