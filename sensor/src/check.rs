@@ -95,9 +95,29 @@ pub fn run(sample_hz: u64) -> Report {
     }
 }
 
+/// The oldest kernel every hook loads on, and why: `net_egress` scans leading whitespace with
+/// `bpf_loop` (5.17); the rings need 5.8, BTF tracepoints 5.5.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// `major.minor` of a `uname -r` string.
+fn version_of(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "kernel      {}", r.kernel);
+    let (maj, min) = MIN_KERNEL;
+    let _ = match version_of(&r.kernel) {
+        Some(v) if v >= MIN_KERNEL => writeln!(s, "needs       Linux {maj}.{min} or later: met"),
+        Some(_) => writeln!(
+            s,
+            "needs       Linux {maj}.{min} or later (bpf_loop, ring buffers, BTF tracepoints): \
+             NOT met; hooks that need more than this kernel has are listed as missing below"
+        ),
+        None => writeln!(s, "needs       Linux {maj}.{min} or later"),
+    };
     let _ = writeln!(
         s,
         "root        {}",
@@ -180,4 +200,17 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(s, "verdict     {verdict}");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_from_uname() {
+        assert_eq!(version_of("6.18.44-fc-v1098 (x86_64)"), Some((6, 18)));
+        assert_eq!(version_of("5.14.0-427.el9.x86_64"), Some((5, 14)));
+        assert!(version_of("5.14.0").unwrap() < MIN_KERNEL);
+        assert_eq!(version_of("weird"), None);
+    }
 }

@@ -227,6 +227,30 @@ impl Sensor {
         })
     }
 
+    /// The positive barrier a negative test waits for instead of a sleep: `pid`'s exit
+    /// record, then a `stats` record written after it. Everything the sensor had from that
+    /// process (both rings are drained together before any stats record) is handled by then.
+    /// The sensor must run with a short `--stats-interval` (`start` turns on `--events`).
+    pub fn settled(&mut self, pid: u32, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let recs = self.records();
+            let exit = recs
+                .iter()
+                .position(|r| r["kind"] == "exit" && r["pid"] == pid);
+            if let Some(i) = exit
+                && recs[i..].iter().any(|r| r["kind"] == "stats")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "no exit record for {pid} followed by a stats record within {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Alerts about `pid`.
     pub fn alerts_for(&self, pid: u32) -> Vec<Value> {
         self.records()

@@ -200,7 +200,10 @@ fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
     if !root_or_skip("cpu_burner_gets_saturation_evidence_but_no_high_alert") {
         return;
     }
-    let mut s = Sensor::start("burn", &["--saturation-window", "3"]);
+    let mut s = Sensor::start(
+        "burn",
+        &["--saturation-window", "3", "--stats-interval", "1"],
+    );
     let b = Proc::spawn(&mut client(&["burn", "7"]));
     let pid = b.pid();
     let alert = s
@@ -212,6 +215,7 @@ fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
         "{detail}"
     );
     b.wait();
+    s.settled(pid, Duration::from_secs(10));
     let alerts = s.alerts_for(pid);
     for a in &alerts {
         assert!(
@@ -245,13 +249,13 @@ fn http_client_to_port_3333_is_not_high() {
         return;
     }
     let (_l, addr) = listener(3333);
-    let mut s = Sensor::start("http3333", &[]);
+    let mut s = Sensor::start("http3333", &["--stats-interval", "1"]);
     let c = Proc::spawn(&mut client(&["http", &addr]));
     let pid = c.pid();
     s.wait_alert(pid, "miner_port", Duration::from_secs(10))
         .expect("weak miner-port evidence is still reported");
     c.wait();
-    std::thread::sleep(Duration::from_millis(500));
+    s.settled(pid, Duration::from_secs(10));
     for a in s.alerts_for(pid) {
         assert!(
             !has_reason(&a, "stratum_protocol"),
