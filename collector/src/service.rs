@@ -20,6 +20,8 @@ const MAX_BATCH: usize = 100_000;
 pub enum PushError {
     #[error("event {index} of the batch has no node identity")]
     NoNode { index: usize },
+    #[error("the stream's node changed from {from} to {to}")]
+    NodeChanged { from: String, to: String },
     #[error("event {index} of the batch has sequence number 0")]
     NoSeq { index: usize },
     #[error("batch of {0} events is over the limit of {MAX_BATCH}")]
@@ -32,7 +34,7 @@ pub enum PushError {
 impl From<PushError> for Status {
     fn from(e: PushError) -> Self {
         match e {
-            PushError::NoNode { .. } | PushError::NoSeq { .. } => {
+            PushError::NoNode { .. } | PushError::NoSeq { .. } | PushError::NodeChanged { .. } => {
                 Status::invalid_argument(e.to_string())
             }
             PushError::TooMany(_) => Status::resource_exhausted(e.to_string()),
@@ -48,6 +50,13 @@ fn check(req: &mut PushRequest, stream: &mut Option<Node>) -> Result<(), PushErr
         return Err(PushError::TooMany(req.events.len()));
     }
     if let Some(n) = req.node.take().filter(|n| !n.host.is_empty()) {
+        // One stream, one sensor: a node named again must be the same one.
+        if let Some(old) = stream.as_ref().filter(|old| **old != n) {
+            return Err(PushError::NodeChanged {
+                from: format!("{}/{}", old.host, old.boot_id),
+                to: format!("{}/{}", n.host, n.boot_id),
+            });
+        }
         *stream = Some(n);
     }
     for (index, ev) in req.events.iter_mut().enumerate() {
@@ -205,5 +214,11 @@ mod tests {
         };
         check(&mut next, &mut stream).unwrap();
         assert_eq!(next.events[0].node.as_ref(), Some(&n1), "later batches too");
+        let mut other = PushRequest {
+            events: vec![],
+            node: Some(old),
+        };
+        let e = check(&mut other, &mut stream).unwrap_err();
+        assert_eq!(Status::from(e).code(), tonic::Code::InvalidArgument);
     }
 }

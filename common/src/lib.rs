@@ -26,6 +26,8 @@ pub mod map {
     pub const HW_CYCLES: &str = "HW_CYCLES";
     /// Hardware instruction-counter overflows per thread group id (nodes with a PMU).
     pub const HW_INSNS: &str = "HW_INSNS";
+    /// Each process's use of the decisive ring this second ([`crate::PayloadBudget`]).
+    pub const PAYLOAD_BUDGETS: &str = "PAYLOAD_BUDGETS";
 }
 
 /// Names of the read-only globals the loader sets before loading.
@@ -365,4 +367,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PayloadBudget {}
 }

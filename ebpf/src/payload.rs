@@ -39,10 +39,21 @@ const ALLOW: i32 = 1;
 /// Bytes of a payload record before its data.
 const PAYLOAD_FIXED: u64 = (size_of::<PayloadEvent>() - PAYLOAD_CAP) as u64;
 
-/// `cgroup_skb/egress` on the root cgroup v2 (4.10+; socket storage from here 5.2+).
+/// `cgroup_skb/egress` on the root cgroup v2 (4.10+; socket storage from here 5.2+; the
+/// whitespace scan's `bpf_loop` 5.17+).
 #[cgroup_skb(egress)]
 pub fn net_egress(ctx: SkBuffContext) -> i32 {
-    if let Err(e) = try_net_egress(&ctx) {
+    if let Err(e) = try_net_egress::<true>(&ctx) {
+        count(e);
+    }
+    ALLOW
+}
+
+/// `net_egress` without the whitespace scan, for kernels without `bpf_loop` (before 5.17):
+/// the loader attaches it when the full program is refused, and says what it lacks.
+#[cgroup_skb(egress)]
+pub fn net_egress_plain(ctx: SkBuffContext) -> i32 {
+    if let Err(e) = try_net_egress::<false>(&ctx) {
         count(e);
     }
     ALLOW
@@ -72,7 +83,9 @@ fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u32> 
     }
 }
 
-/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else.
+/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else. Inlined: an out-of-line
+/// `Result<Option<Tcp>, u32>` gets a BTF union layout the kernel refuses.
+#[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
     let mut v: u8 = 0;
     load(ctx, 0, &mut v)?;
@@ -104,8 +117,11 @@ fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
     }))
 }
 
-/// Chunks of a packet scanned for leading whitespace, [`PAYLOAD_CAP`] bytes each.
-const BLANK_CHUNKS: u32 = 8;
+/// Chunks of a packet scanned for leading whitespace, [`PAYLOAD_CAP`] bytes each: 64 KiB,
+/// the largest packet (a GSO segment) the hook sees.
+const BLANK_CHUNKS: u32 = 64;
+/// Words of 8 bytes in one chunk.
+const CHUNK_WORDS: u32 = (PAYLOAD_CAP / 8) as u32;
 
 /// What the whitespace scan shares with its `bpf_loop` callback.
 #[repr(C)]
@@ -115,25 +131,38 @@ struct BlankScan {
     blank: u32,
 }
 
-/// One byte of the scan: counts it and goes on while it is whitespace.
+#[inline(always)]
+fn is_blank(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Eight bytes of the scan: counts the whitespace at their start, and goes on while all
+/// eight are whitespace.
 unsafe extern "C" fn blank_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `BlankScan`, alive for the whole `bpf_loop`.
     let scan = unsafe { &mut *ctx.cast::<BlankScan>() };
-    if index >= u64::from(scan.len) {
+    let start = (index as u32 & (CHUNK_WORDS - 1)) * 8;
+    if start >= scan.len {
         return 1;
     }
-    // SAFETY: `data` is the scratch buffer of PAYLOAD_CAP bytes; the mask keeps the index in it.
-    let c = unsafe { *scan.data.add((index as usize) & (PAYLOAD_CAP - 1)) };
-    if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+    let mut i = 0;
+    while i < 8 {
+        if start + i >= scan.len {
+            return 1;
+        }
+        // SAFETY: `data` is the scratch buffer of PAYLOAD_CAP bytes; start + i < PAYLOAD_CAP.
+        let c = unsafe { *scan.data.add(((start + i) as usize) & (PAYLOAD_CAP - 1)) };
+        if !is_blank(c) {
+            return 1;
+        }
         scan.blank += 1;
-        0
-    } else {
-        1
+        i += 1;
     }
+    0
 }
 
 /// How many of the `total` bytes at `off` are whitespace before anything else, looking at
-/// the first [`BLANK_CHUNKS`] chunks; `buf` is scratch of [`PAYLOAD_CAP`] bytes.
+/// up to [`BLANK_CHUNKS`] chunks; `buf` is scratch of [`PAYLOAD_CAP`] bytes.
 fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOAD_CAP]) -> u32 {
     let mut blank = 0u32;
     for _ in 0..BLANK_CHUNKS {
@@ -160,7 +189,7 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
         // SAFETY: the callback reads `scan` and `buf` only, both alive across the call.
         unsafe {
             bpf_loop(
-                PAYLOAD_CAP as u32,
+                CHUNK_WORDS,
                 blank_step as *mut c_void,
                 core::ptr::from_mut(&mut scan).cast(),
                 0,
@@ -202,7 +231,8 @@ fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
     true
 }
 
-fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
+#[inline(always)]
+fn try_net_egress<const SKIP_BLANK: bool>(ctx: &SkBuffContext) -> Result<(), u32> {
     // SAFETY: the context's socket, as the kernel exposes it to cgroup_skb programs.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -252,7 +282,7 @@ fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
     let mut payload_off = tcp.payload_off;
     let mut total = total;
     let mut flags = 0;
-    if st.blank == offset {
+    if SKIP_BLANK && st.blank == offset {
         // Nothing but whitespace so far: skip what this packet adds to it.
         let skip = blank_prefix(ctx, payload_off, total, &mut ev.data);
         st.blank = st.blank.wrapping_add(skip);
@@ -335,7 +365,7 @@ fn try_net_egress(ctx: &SkBuffContext) -> Result<(), u32> {
     // not cost a wake-up per packet.
     // SAFETY: 1 <= n <= PAYLOAD_CAP, so the index is inside `data`.
     let last_byte = unsafe { *ev.data.as_ptr().add(((n - 1) as usize) & (PAYLOAD_CAP - 1)) };
-    let wake = if st.records == 1 || done || last_byte == b'\n' {
+    let wake = if st.records == 1 || done || last_byte == b'\n' || total > n {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -95,8 +95,9 @@ pub fn run(sample_hz: u64) -> Report {
     }
 }
 
-/// The oldest kernel every hook loads on, and why: `net_egress` scans leading whitespace with
-/// `bpf_loop` (5.17); the rings need 5.8, BTF tracepoints 5.5.
+/// The oldest kernel every hook loads on in full, and why: `net_egress` scans leading
+/// whitespace with `bpf_loop` (5.17; before it, its simpler form attaches); the rings need
+/// 5.8, BTF tracepoints 5.5.
 pub const MIN_KERNEL: (u32, u32) = (5, 17);
 
 /// `major.minor` of a `uname -r` string.
@@ -113,8 +114,9 @@ pub fn render(r: &Report) -> String {
         Some(v) if v >= MIN_KERNEL => writeln!(s, "needs       Linux {maj}.{min} or later: met"),
         Some(_) => writeln!(
             s,
-            "needs       Linux {maj}.{min} or later (bpf_loop, ring buffers, BTF tracepoints): \
-             NOT met; hooks that need more than this kernel has are listed as missing below"
+            "needs       Linux {maj}.{min} or later for every hook in full (bpf_loop, ring \
+             buffers, BTF tracepoints): this version is older, so see below what attaches \
+             (distribution kernels often carry the features anyway)"
         ),
         None => writeln!(s, "needs       Linux {maj}.{min} or later"),
     };
@@ -175,7 +177,13 @@ pub fn render(r: &Report) -> String {
                 hooks.len() - required.len()
             );
             for h in hooks {
-                if h.attached {
+                if let Some(lost) = h.degraded.as_ref().filter(|_| h.attached) {
+                    let _ = writeln!(
+                        s,
+                        "  simpler  {:<16} {}\n           lost: {lost}",
+                        h.program, h.attach_point
+                    );
+                } else if h.attached {
                     let _ = writeln!(s, "  ok       {:<16} {}", h.program, h.attach_point);
                 } else {
                     let _ = writeln!(

@@ -49,12 +49,23 @@ pub struct ReadyRecord {
     pub sensor_pid: u32,
     pub hooks_attached: Vec<&'static str>,
     pub hooks_missing: Vec<MissingHook>,
+    /// Hooks attached in a simpler form this kernel takes: hook -> what that costs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks_degraded: BTreeMap<&'static str, String>,
     pub processes_known: usize,
     pub connections_watched: usize,
     pub saturation_window_s: u64,
 }
 
 impl ReadyRecord {
+    /// Hooks attached in a simpler form, with what that costs.
+    pub fn degraded(statuses: &[HookStatus]) -> BTreeMap<&'static str, String> {
+        statuses
+            .iter()
+            .filter_map(|h| Some((h.program, h.degraded.clone()?)))
+            .collect()
+    }
+
     pub fn hooks(statuses: &[HookStatus]) -> (Vec<&'static str>, Vec<MissingHook>) {
         let attached = statuses
             .iter()
@@ -344,6 +355,9 @@ impl Outputs {
             r.processes_known,
             r.connections_watched
         );
+        for (hook, lost) in &r.hooks_degraded {
+            t += &format!("  hook {hook} attached in a simpler form: {lost}\n");
+        }
         for m in &r.hooks_missing {
             let what = if m.optional {
                 "not available (optional)"

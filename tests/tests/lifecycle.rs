@@ -76,18 +76,18 @@ fn login_one_byte_per_packet_is_high() {
 }
 
 #[test]
-fn login_after_2_kib_of_whitespace_is_high() {
-    if !root_or_skip("login_after_2_kib_of_whitespace_is_high") {
+fn login_after_whitespace_padding_is_high() {
+    if !root_or_skip("login_after_whitespace_padding_is_high") {
         return;
     }
     let (_l, addr) = listener(0);
     let mut s = Sensor::start("padded", &[]);
-    for how in ["one", "split"] {
+    for how in ["one", "split", "big"] {
         let c = Proc::spawn(&mut client(&["padded", &addr, how]));
         high_stratum(
             &mut s,
             c.pid(),
-            &format!("a login after 2 KiB of whitespace ({how})"),
+            &format!("a login after whitespace padding ({how})"),
         );
     }
 }

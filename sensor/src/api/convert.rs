@@ -207,7 +207,12 @@ pub fn hooks(statuses: &[HookStatus]) -> Vec<Hook> {
             attached: h.attached,
             optional: h.optional,
             attach_point: h.attach_point.clone(),
-            error: h.error.clone().unwrap_or_default(),
+            // An attached hook's error says what its simpler form lacks.
+            error: h
+                .error
+                .clone()
+                .or_else(|| h.degraded.clone())
+                .unwrap_or_default(),
             lost: h.lost.to_string(),
         })
         .collect()

@@ -110,12 +110,42 @@ pub struct Publisher {
     status_tx: watch::Sender<SensorStatus>,
     hooks: Vec<minerwatch_proto::v1::Hook>,
     started: SystemTime,
-    /// Sequence numbers given out that the spool did not take: told as one loss.
-    unspooled: Option<(u64, u64, String)>,
+    /// Events for collectors that the spool did not take: told as one loss.
+    unspooled: Option<Unspooled>,
     /// Spool appends and flushes that failed, here and on the spool thread.
     pub spool_errors: u64,
     /// Collectors get activity too, not only decisive events and heartbeats.
     push_activity: bool,
+    /// The last event handed to the spool: what collectors must acknowledge at stop.
+    last_spooled: u64,
+    /// Numbers up to here are reserved in the spool directory (see [`RESERVE_STEP`]).
+    reserved: u64,
+}
+
+/// Sequence numbers reserved on disk at a time, so those given out to the API and the JSON
+/// lines (which the spool does not hold) are never given out again after a restart.
+const RESERVE_STEP: u64 = 10_000;
+
+/// A run of events for collectors that were not spooled.
+#[derive(Debug, Clone)]
+struct Unspooled {
+    first: u64,
+    last: u64,
+    count: u64,
+    error: String,
+}
+
+impl Unspooled {
+    fn add(slot: &mut Option<Unspooled>, seq: u64, error: &str) {
+        let u = slot.get_or_insert_with(|| Unspooled {
+            first: seq,
+            last: seq,
+            count: 0,
+            error: error.to_string(),
+        });
+        u.last = seq;
+        u.count += 1;
+    }
 }
 
 /// Events queued for the spool thread, at most: past this (a disk that stalls for seconds)
@@ -125,13 +155,14 @@ const SPOOL_QUEUE: usize = 65_536;
 enum SpoolCmd {
     Append(Arc<Event>),
     Flush,
+    Reserve(u64),
 }
 
 /// What the spool thread could not write, for the publisher to tell.
 #[derive(Default)]
 struct SpoolTrouble {
     errors: u64,
-    unspooled: Option<(u64, u64, String)>,
+    unspooled: Option<Unspooled>,
 }
 
 /// The spool, written on a thread of its own: appends and fsyncs never stall the pipeline.
@@ -155,8 +186,7 @@ impl SpoolFeed {
                     let Ok(mut t) = t.lock() else { return };
                     t.errors += 1;
                     if let Some(seq) = seq {
-                        let u = t.unspooled.get_or_insert((seq, seq, e.to_string()));
-                        u.1 = seq;
+                        Unspooled::add(&mut t.unspooled, seq, &e.to_string());
                     }
                     if t.errors.is_power_of_two() {
                         tracing::error!(reason = %e, "spool write failed: collectors will miss events");
@@ -171,6 +201,11 @@ impl SpoolFeed {
                         }
                         SpoolCmd::Flush => {
                             if let Err(e) = w.flush() {
+                                fail(None, &e);
+                            }
+                        }
+                        SpoolCmd::Reserve(seq) => {
+                            if let Err(e) = w.reserve(seq) {
                                 fail(None, &e);
                             }
                         }
@@ -215,7 +250,7 @@ impl Publisher {
     ) -> (Self, Shared) {
         let hub = Arc::new(Hub::default());
         let (status_tx, status_rx) = watch::channel(SensorStatus::default());
-        let last_seq = spool.as_ref().map_or(0, |s| s.last_seq());
+        let last_seq = spool.as_ref().map_or(0, |s| s.resume_seq());
         let spool = spool.and_then(|w| {
             SpoolFeed::start(w)
                 .map_err(|e| tracing::error!(reason = %e, "cannot start the spool thread: collectors get nothing"))
@@ -243,6 +278,8 @@ impl Publisher {
             unspooled: None,
             spool_errors: 0,
             push_activity,
+            last_spooled: last_seq,
+            reserved: last_seq,
         };
         (p, shared)
     }
@@ -260,6 +297,15 @@ impl Publisher {
     pub fn emit(&mut self, at: SystemTime, body: Body, rare: bool) -> Arc<Event> {
         self.last_seq += 1;
         self.shared_seq.store(self.last_seq, Ordering::Relaxed);
+        if let Some(spool) = self.spool.as_ref()
+            && self.last_seq + RESERVE_STEP / 2 > self.reserved
+        {
+            // Half a step ahead: the reservation is on disk long before it is reached.
+            let upto = self.last_seq + RESERVE_STEP;
+            if spool.send(SpoolCmd::Reserve(upto)).is_ok() {
+                self.reserved = upto;
+            }
+        }
         let ev = Event {
             node: Some(self.node.clone()),
             seq: self.last_seq,
@@ -269,14 +315,14 @@ impl Publisher {
         let to_collectors =
             rare || self.push_activity || matches!(ev.body, Some(Body::Heartbeat(_)));
         let ev = Arc::new(ev);
+        if to_collectors && self.spool.is_some() {
+            self.last_spooled = ev.seq;
+        }
         if let Some(spool) = self.spool.as_ref().filter(|_| to_collectors)
             && let Err(why) = spool.send(SpoolCmd::Append(ev.clone()))
         {
             self.spool_errors += 1;
-            let u = self
-                .unspooled
-                .get_or_insert((ev.seq, ev.seq, why.to_string()));
-            u.1 = ev.seq;
+            Unspooled::add(&mut self.unspooled, ev.seq, why);
             if self.spool_errors.is_power_of_two() {
                 tracing::error!(
                     reason = why,
@@ -315,15 +361,15 @@ impl Publisher {
             .map(|mut t| (std::mem::take(&mut t.errors), t.unspooled.take()))
             .unwrap_or_default();
         self.spool_errors += thread_trouble.0;
-        for (first, last, error) in [self.unspooled.take(), thread_trouble.1]
+        for u in [self.unspooled.take(), thread_trouble.1]
             .into_iter()
             .flatten()
         {
             self.loss(
-                &LossKind::SpoolWrite { error },
-                last - first + 1,
-                first,
-                last,
+                &LossKind::SpoolWrite { error: u.error },
+                u.count,
+                u.first,
+                u.last,
             );
         }
         for d in dropped {
@@ -331,7 +377,7 @@ impl Publisher {
                 &LossKind::SpoolFull {
                     collector: d.collector,
                 },
-                d.last - d.first + 1,
+                d.count,
                 d.first,
                 d.last,
             );
@@ -387,7 +433,9 @@ impl Publisher {
 
     /// Every collector has acknowledged everything (true without collectors).
     pub fn all_acked(&self) -> bool {
-        self.spool.as_ref().is_none_or(|s| s.view.all_acked())
+        self.spool
+            .as_ref()
+            .is_none_or(|s| s.view.all_acked(self.last_spooled))
     }
 
     pub fn heartbeat(&mut self, interval_s: u32) {

@@ -75,7 +75,7 @@ impl Process {
             pid,
             start: 0,
             ppid: 0,
-            uid: 0,
+            uid: super::users::NO_UID,
             comm: String::new(),
             exe: String::new(),
             argv: Vec::new(),
@@ -242,6 +242,45 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
         argv,
         preexisting: false,
     })
+}
+
+/// What an exec record leaves to /proc: the resolved executable (memfd and deleted files
+/// show there), and on request the cgroup path and the arguments. All `None` when the
+/// process is gone or, with `expect_start`, is another one.
+#[derive(Debug, Default)]
+pub struct ExecDetails {
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    pub argv: Option<Vec<String>>,
+}
+
+pub fn exec_details(
+    proc_root: &Path,
+    pid: u32,
+    expect_start: Option<u64>,
+    cgroup: bool,
+    argv: bool,
+) -> ExecDetails {
+    let Some(dir) = ProcDir::open(proc_root, pid) else {
+        return ExecDetails::default();
+    };
+    if let Some(want) = expect_start {
+        let start = dir.read("stat").and_then(|s| parse_stat(&s)).map(|s| s.2);
+        if start != Some(want) {
+            return ExecDetails::default();
+        }
+    }
+    ExecDetails {
+        exe: dir.link("exe").map(|b| escape_bytes(&b)),
+        cgroup: cgroup
+            .then(|| dir.read("cgroup"))
+            .flatten()
+            .map(|t| parse_cgroup_file(&String::from_utf8_lossy(&t))),
+        argv: argv
+            .then(|| dir.read("cmdline"))
+            .flatten()
+            .map(|b| split_nul(&b)),
+    }
 }
 
 /// Every process in `proc_root` (normally `/proc`), marked as known before the sensor.

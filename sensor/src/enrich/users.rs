@@ -1,17 +1,22 @@
 //! User names through NSS (`getpwuid_r`), so nodes whose users live in LDAP or SSSD show
 //! names, not numbers. Lookups can block on the network, so they run on a thread of their
-//! own; the pipeline only reads the cache and asks for what it lacks. A name not yet known
-//! is absent from that alert and present in the next one about the process.
+//! own; the pipeline reads the cache and asks for what it lacks. An alert about a uid not
+//! yet known waits a few milliseconds for it, once per uid; past that the alert goes without
+//! the name, and the next one about the process has it.
 use std::{
     collections::HashSet,
     ffi::CStr,
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Condvar, Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 use hashbrown::HashMap;
 
-/// What a lookup found: a name, or that the uid has none.
-type Cache = Arc<Mutex<HashMap<u32, Option<Arc<str>>>>>;
+/// What a lookup found: a name, or that the uid has none; signalled on every answer.
+type Cache = Arc<(Mutex<HashMap<u32, Option<Arc<str>>>>, Condvar)>;
+
+/// The uid that is no uid (`(uid_t)-1`): a process whose uid could not be read.
+pub const NO_UID: u32 = u32::MAX;
 
 /// The pipeline's handle on the resolver thread.
 pub struct Users {
@@ -54,9 +59,10 @@ impl Users {
             .spawn(move || {
                 for uid in rx {
                     let name = lookup(uid).map(Arc::from);
-                    if let Ok(mut c) = shared.lock() {
+                    if let Ok(mut c) = shared.0.lock() {
                         c.insert(uid, name);
                     }
+                    shared.1.notify_all();
                 }
             });
         let tx = match spawned {
@@ -79,7 +85,8 @@ impl Users {
 
     /// Asks for `uid`'s name if it was never asked for.
     pub fn want(&mut self, uid: u32) {
-        if self.asked.insert(uid)
+        if uid != NO_UID
+            && self.asked.insert(uid)
             && let Some(tx) = &self.tx
         {
             let _ = tx.send(uid);
@@ -88,13 +95,27 @@ impl Users {
 
     /// The name of `uid` if known now; asks for it otherwise.
     pub fn name(&mut self, uid: u32) -> Option<Arc<str>> {
-        let known = self.cache.lock().ok()?.get(&uid).cloned();
-        match known {
-            Some(name) => name,
-            None => {
-                self.want(uid);
-                None
+        self.name_within(uid, Duration::ZERO)
+    }
+
+    /// The name of `uid`, waiting at most `wait` for the lookup thread to answer.
+    pub fn name_within(&mut self, uid: u32, wait: Duration) -> Option<Arc<str>> {
+        if uid == NO_UID {
+            return None;
+        }
+        self.want(uid);
+        let deadline = Instant::now() + wait;
+        let (lock, answered) = &*self.cache;
+        let mut cache = lock.lock().ok()?;
+        loop {
+            if let Some(name) = cache.get(&uid) {
+                return name.clone();
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            cache = answered.wait_timeout(cache, left).ok()?.0;
         }
     }
 }
@@ -111,11 +132,12 @@ mod tests {
 
     #[test]
     fn the_thread_fills_the_cache() {
-        let mut u = Users::spawn([0]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while u.name(0).is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let mut u = Users::spawn([]);
+        assert_eq!(
+            u.name_within(0, Duration::from_secs(5)).as_deref(),
+            Some("root")
+        );
         assert_eq!(u.name(0).as_deref(), Some("root"));
+        assert_eq!(u.name_within(NO_UID, Duration::from_secs(5)), None);
     }
 }

@@ -44,6 +44,15 @@ pub struct Hook {
     /// Missing on many machines by nature (no hardware PMU in most VMs): its absence is
     /// reported but does not make the sensor degraded.
     pub optional: bool,
+    /// A simpler program for the same attach point, for kernels that refuse this one.
+    pub fallback: Option<Fallback>,
+}
+
+/// A hook's simpler stand-in, and what it does not do.
+#[derive(Debug, Clone, Copy)]
+pub struct Fallback {
+    pub program: &'static str,
+    pub lost: &'static str,
 }
 
 /// Every hook, in attach order. The connect hooks precede the payload hook so a connection
@@ -58,6 +67,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "successful program execution, with argv from the new image",
         lost: "all new-process visibility (exe, argv, location, lineage)",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "proc_fork",
@@ -67,6 +77,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "process creation (lineage)",
         lost: "parent chains of processes forked without exec",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "proc_exit",
@@ -76,6 +87,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "end of a process (its last thread)",
         lost: "timely forgetting of exited processes (the reconciliation with /proc does it later)",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_connect4",
@@ -83,6 +95,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "IPv4 connects: TCP sockets followed, connected UDP reported",
         lost: "IPv4 connection visibility, and with it Stratum detection on IPv4",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_connect6",
@@ -90,6 +103,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "IPv6 connects: TCP sockets followed, connected UDP reported",
         lost: "IPv6 connection visibility, and with it Stratum detection on IPv6",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_sendmsg4",
@@ -97,6 +111,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "destinations of unconnected IPv4 UDP sockets",
         lost: "IPv4 UDP destinations of unconnected sockets (DNS from some resolvers)",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_sendmsg6",
@@ -104,6 +119,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "destinations of unconnected IPv6 UDP sockets",
         lost: "IPv6 UDP destinations of unconnected sockets",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_tcp_state",
@@ -113,6 +129,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "outcome of TCP connects, close of followed connections",
         lost: "TCP connect records and miner-port evidence; streams are kept until exit",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "net_egress",
@@ -120,6 +137,10 @@ pub const HOOKS: &[Hook] = &[
         purpose: "first bytes of followed TCP connections, from their packets",
         lost: "all Stratum detection",
         optional: false,
+        fallback: Some(Fallback {
+            program: "net_egress_plain",
+            lost: "whitespace before a first message is not skipped, so 2 KiB of it hides a login (bpf_loop needs Linux 5.17)",
+        }),
     },
     Hook {
         program: "cpu_sample",
@@ -127,6 +148,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "on-CPU sampling (cpu-clock) for saturation",
         lost: "CPU saturation evidence",
         optional: false,
+        fallback: None,
     },
     Hook {
         program: "cpu_hw_cycles",
@@ -134,6 +156,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "hardware cycle samples (IPC)",
         lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
         optional: true,
+        fallback: None,
     },
     Hook {
         program: "cpu_hw_insns",
@@ -141,6 +164,7 @@ pub const HOOKS: &[Hook] = &[
         purpose: "hardware instruction samples (IPC)",
         lost: "IPC beside CPU saturation evidence (needs a hardware PMU; most VMs have none)",
         optional: true,
+        fallback: None,
     },
 ];
 
@@ -152,6 +176,8 @@ pub struct HookStatus {
     pub error: Option<String>,
     pub lost: &'static str,
     pub optional: bool,
+    /// Attached as its fallback: what that costs, and why the full program was refused.
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +313,15 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
         Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
         Attach::Hardware(e) => format!("perf_event/hardware/{e:?}"),
     };
-    let result = try_attach(ebpf, hook, sample_hz);
+    let mut result = try_attach(ebpf, hook.program, hook.attach, sample_hz);
+    let mut degraded = None;
+    if let (Err(why), Some(fb)) = (&result, hook.fallback)
+        && try_attach(ebpf, fb.program, hook.attach, sample_hz).is_ok()
+    {
+        tracing::warn!(hook = hook.program, fallback = fb.program, reason = %why, lost = fb.lost, "hook attached in its simpler form");
+        degraded = Some(format!("{} ({why})", fb.lost));
+        result = Ok(());
+    }
     HookStatus {
         program: hook.program,
         attach_point,
@@ -295,6 +329,7 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
         error: result.err(),
         lost: hook.lost,
         optional: hook.optional,
+        degraded,
     }
 }
 
@@ -309,11 +344,16 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String> {
+fn try_attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    attach: Attach,
+    sample_hz: u64,
+) -> Result<(), String> {
     let prog = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| format!("program {} missing from the object", hook.program))?;
-    match hook.attach {
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    match attach {
         Attach::RawTracePoint { name } => {
             let p: &mut RawTracePoint = prog.try_into().map_err(|e| chain(&e))?;
             p.load().map_err(|e| chain(&e))?;
@@ -330,7 +370,7 @@ fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String
             let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
             // aya attaches through a BPF link, which coexists with other programs on the same
             // cgroup (systemd's among them) and must be created without attach flags.
-            if let Attach::CgroupEgress = hook.attach {
+            if let Attach::CgroupEgress = attach {
                 let p: &mut CgroupSkb = prog.try_into().map_err(|e| chain(&e))?;
                 p.load().map_err(|e| chain(&e))?;
                 p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
@@ -343,7 +383,7 @@ fn try_attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> Result<(), String
             }
         }
         Attach::CpuClock | Attach::Hardware(_) => {
-            let (config, policy) = match hook.attach {
+            let (config, policy) = match attach {
                 Attach::Hardware(e) => (
                     PerfEventConfig::Hardware(e),
                     SamplePolicy::Period(minerwatch_common::HW_SAMPLE_PERIOD),

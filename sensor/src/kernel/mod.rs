@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddr, os::fd::AsRawFd};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SkStorage};
 use hashbrown::HashMap;
-use minerwatch_common::{SOCK_WATCH, SockState, map, stat};
+use minerwatch_common::{PayloadBudget, SOCK_WATCH, SockState, map, stat};
 use tokio::io::unix::AsyncFd;
 
 pub use events::Event;
@@ -46,7 +46,7 @@ pub struct BpfCost {
     pub ns_per_run: u64,
 }
 
-/// CPU samples per tgid (summed over CPUs), and the hardware counters' when they attached.
+/// CPU samples per tgid, and the hardware counters' when they attached.
 #[derive(Debug, Default)]
 pub struct CpuTotals {
     pub samples: HashMap<u32, u64>,
@@ -67,6 +67,7 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     socks: SkStorage<MapData, SockState>,
     samples: SampleMap,
+    budgets: BpfHashMap<MapData, u32, PayloadBudget>,
     hw: Option<(SampleMap, SampleMap)>,
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
@@ -126,6 +127,7 @@ impl Kernel {
             stats: take(&mut ebpf, map::STATS)?,
             socks: take(&mut ebpf, map::SOCKS)?,
             samples: take(&mut ebpf, map::CPU_SAMPLES)?,
+            budgets: take(&mut ebpf, map::PAYLOAD_BUDGETS)?,
             hw,
             lifecycle,
             decisive,
@@ -218,14 +220,31 @@ impl Kernel {
         }
     }
 
-    /// Drops the sample-map entries of processes that are gone.
-    pub fn forget_samples(&mut self, tgids: impl IntoIterator<Item = u32>) {
+    /// Drops the map entries of processes that are gone: CPU samples, payload budgets.
+    pub fn forget(&mut self, tgids: impl IntoIterator<Item = u32>) {
         for tgid in tgids {
             let _ = self.samples.remove(&tgid);
+            let _ = self.budgets.remove(&tgid);
             if let Some((c, i)) = self.hw.as_mut() {
                 let _ = c.remove(&tgid);
                 let _ = i.remove(&tgid);
             }
+        }
+    }
+
+    /// Drops payload budgets not used for a minute (`now`: CLOCK_MONOTONIC ns). The exit
+    /// hook removes a process's own; this catches sockets that outlived the process that
+    /// connected them, whose packets charge a tgid that no longer exits.
+    pub fn prune_budgets(&mut self, now: u64) {
+        let stale: Vec<u32> = self
+            .budgets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| now.saturating_sub(b.window_ns) > 60_000_000_000)
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in stale {
+            let _ = self.budgets.remove(&tgid);
         }
     }
 

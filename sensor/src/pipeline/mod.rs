@@ -61,6 +61,9 @@ pub struct AlertRecord {
     pub first_seen_at: SystemTime,
 }
 
+/// Longest an alert waits for its user's name from NSS: once per uid, the first time.
+const USER_WAIT: Duration = Duration::from_millis(20);
+
 /// What the pipeline counts about itself.
 #[derive(Debug, Default)]
 struct Counters {
@@ -81,6 +84,11 @@ pub struct Pipeline {
     pending: Vec<AlertRecord>,
     pub api: Publisher,
     pub out: Outputs,
+    /// Processes whose exit was seen in this drain: forgotten once both rings are drained,
+    /// since the decisive ring may still hold their last first bytes.
+    exiting: Vec<ProcessKey>,
+    /// tgids forgotten since the kernel's maps were last pruned.
+    forgotten: Vec<u32>,
     /// Loss counters as last told to the stream, by name.
     reported: BTreeMap<&'static str, u64>,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
@@ -113,6 +121,8 @@ impl Pipeline {
             users,
             counters: Counters::default(),
             pending: Vec::new(),
+            exiting: Vec::new(),
+            forgotten: Vec::new(),
             api,
             out,
             reported: BTreeMap::new(),
@@ -209,7 +219,9 @@ impl Pipeline {
                 self.activity(at, |p| {
                     convert::exit(tgid, p.table.get(tgid).map(|t| &t.info))
                 });
-                self.forget(tgid);
+                if let Some(t) = self.table.get(tgid) {
+                    self.exiting.push(t.key);
+                }
                 return;
             }
             Event::Exec(e) => {
@@ -229,7 +241,15 @@ impl Pipeline {
             }
             Event::Payload(_) | Event::Close(_) => {}
         }
-        let t = self.table.load(ev_tgid(&ev));
+        let tgid = ev_tgid(&ev);
+        let t = match &ev {
+            // A close concerns a stream already held, never a process to read from /proc.
+            Event::Close(_) => match self.table.get_mut(tgid) {
+                Some(t) => t,
+                None => return,
+            },
+            _ => self.table.load(tgid),
+        };
         for s in &mut self.signals {
             s.on_event(&ev, t, &mut found);
         }
@@ -238,63 +258,69 @@ impl Pipeline {
         }
     }
 
-    /// The one place a process is forgotten: its record and every signal's state for it.
-    fn forget(&mut self, tgid: u32) {
-        if let Some(t) = self.table.forget(tgid) {
-            self.forget_key(t.key);
+    /// Forgets the processes that exited, and tells the signals about every process the
+    /// table forgot (at exit, when an exec or fork showed a pid reused, at reconciliation).
+    fn settle(&mut self) {
+        for key in std::mem::take(&mut self.exiting) {
+            // The pid may already belong to a newer process: only the one that exited goes.
+            if self.table.get(key.tgid).is_some_and(|t| t.key == key) {
+                self.table.forget(key.tgid);
+            }
+        }
+        for key in self.table.take_forgotten() {
+            for s in &mut self.signals {
+                s.forget(key);
+            }
+            self.forgotten.push(key.tgid);
         }
     }
 
-    fn forget_key(&mut self, key: ProcessKey) {
-        for s in &mut self.signals {
-            s.forget(key);
-        }
-    }
-
-    /// tgids forgotten since the last call (their kernel sample entries go too).
+    /// tgids forgotten since the last call (their kernel map entries go too).
     pub fn take_forgotten(&mut self) -> Vec<u32> {
-        self.table.take_forgotten()
+        std::mem::take(&mut self.forgotten)
     }
 
-    /// A process as its exec shows it, completed from /proc: the resolved exe (memfd and
-    /// deleted files show there), the cgroup path, argv when the kernel could not read it.
+    /// A process as its exec shows it, completed from /proc through one directory handle,
+    /// checked against the start time the kernel gave: the resolved exe (memfd and deleted
+    /// files show there), the cgroup path when the cgroup changed, argv when the kernel
+    /// could not read it.
     fn describe(&self, e: &Exec) -> Process {
         let pid = e.meta.tgid;
-        let dir = Path::new("/proc").join(pid.to_string());
-        let exe = std::fs::read_link(dir.join("exe"))
-            .map(|p| procfs::escape_bytes(p.as_os_str().as_encoded_bytes()))
-            .unwrap_or_else(|_| e.filename.clone());
+        let start = procfs::ns_to_ticks(e.start_ns);
         let prev = self.table.get(pid).map(|t| &t.info);
+        // The cgroup rarely changes at exec: reuse the known path unless the kernel reports
+        // another cgroup id (a fork child inherits its parent's id and path).
+        let known_cgroup = prev
+            .filter(|p| !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id)
+            .map(|p| p.cgroup.clone());
+        let need_argv = e.argv.is_empty() && e.argv_missing;
+        let more = procfs::exec_details(
+            Path::new("/proc"),
+            pid,
+            (start != 0).then_some(start),
+            known_cgroup.is_none(),
+            need_argv,
+        );
         let ppid = match (e.ppid, prev) {
             (0, Some(p)) => p.ppid,
             (p, _) => p,
         };
-        // The cgroup rarely changes at exec: reuse the known path unless the kernel reports
-        // another cgroup id (a fork child inherits its parent's id and path).
-        let cgroup = match prev {
-            Some(p) if !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id => p.cgroup.clone(),
-            _ => std::fs::read(dir.join("cgroup"))
-                .map(|t| procfs::parse_cgroup_file(&String::from_utf8_lossy(&t)))
-                .unwrap_or_default(),
-        };
-        let argv = if e.argv.is_empty() && e.argv_missing {
-            std::fs::read(dir.join("cmdline"))
-                .map(|b| procfs::split_nul(&b))
-                .unwrap_or_default()
-        } else {
-            e.argv.clone()
-        };
+        let cgroup = known_cgroup.or(more.cgroup).unwrap_or_default();
         Process {
             pid,
-            start: procfs::ns_to_ticks(e.start_ns),
+            start,
             ppid,
             uid: e.uid,
             comm: e.comm.clone(),
-            exe,
+            exe: more.exe.unwrap_or_else(|| e.filename.clone()),
             job: procfs::slurm_job(&cgroup),
             cgroup,
             cgroup_id: e.meta.cgroup_id,
-            argv: argv.clone(),
+            argv: if need_argv {
+                more.argv.unwrap_or_default()
+            } else {
+                e.argv.clone()
+            },
             preexisting: false,
         }
     }
@@ -312,19 +338,14 @@ impl Pipeline {
     }
 
     /// Forgets what /proc shows gone or replaced (`live`: pid and start time of every
-    /// running process, read off this thread).
-    pub fn reconcile(&mut self, live: &[(u32, u64)]) {
-        let before: Vec<ProcessKey> = self.table.iter().map(|t| t.key).collect();
-        let n = self.table.reconcile(live);
+    /// running process, from a walk begun at `walk_ns` off this thread).
+    pub fn reconcile(&mut self, live: &[(u32, u64)], walk_ns: u64) {
+        let n = self.table.reconcile(live, walk_ns);
         if n > 0 {
             self.counters.reconciled += n as u64;
             tracing::debug!(forgotten = n, "reconciled the process table with /proc");
-            for key in before {
-                if self.table.get(key.tgid).is_none() {
-                    self.forget_key(key);
-                }
-            }
         }
+        self.settle();
     }
 
     fn raise(&mut self, ktime_ns: u64, f: Found) {
@@ -376,23 +397,23 @@ impl Pipeline {
         }
     }
 
-    /// Writes the pending alerts and flushes every output.
+    /// Writes the pending alerts, forgets what exited, and flushes every output. Called
+    /// once both rings are drained.
     pub fn flush(&mut self) {
         for mut rec in std::mem::take(&mut self.pending) {
-            if let Some(t) = self.table.get(rec.process.pid) {
+            if let Some(t) = self.table.get_mut(rec.process.pid) {
                 rec.update = t.revisions;
-            }
-            if let Some(t) = self
-                .table
-                .iter_mut()
-                .find(|t| t.key.tgid == rec.process.pid)
-            {
                 t.revisions += 1;
+            }
+            if rec.user.is_none() {
+                // Looked up since the finding, or now (a bounded wait for the NSS thread).
+                rec.user = self.users.name_within(rec.process.uid, USER_WAIT);
             }
             self.counters.alerts += 1;
             let ev = self.api.emit(rec.at, convert::alert(&rec), true);
             self.out.event(&ev);
         }
+        self.settle();
         self.api.flush();
         self.out.flush();
     }

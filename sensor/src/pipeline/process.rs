@@ -28,6 +28,9 @@ pub struct Tracked {
     pub case: Case,
     /// Alert revisions written so far.
     pub revisions: u32,
+    /// CLOCK_MONOTONIC when the record was made: a /proc walk begun before that cannot
+    /// speak for it.
+    pub since_ns: u64,
     /// Each signal's state for this process, by type; created on first use.
     slots: Vec<(TypeId, Box<dyn Any + Send>)>,
 }
@@ -42,6 +45,7 @@ impl Tracked {
             info,
             case: Case::default(),
             revisions: 0,
+            since_ns: super::monotonic_ns(),
             slots: Vec::new(),
         }
     }
@@ -85,9 +89,9 @@ impl Tracked {
 #[derive(Default)]
 pub struct Table {
     procs: HashMap<u32, Tracked>,
-    /// tgids forgotten since the last [`Table::take_forgotten`]: their kernel sample-map
-    /// entries go too.
-    forgotten: Vec<u32>,
+    /// Processes forgotten since the last [`Table::take_forgotten`]: the signals are told,
+    /// and their kernel map entries go too.
+    forgotten: Vec<ProcessKey>,
     proc_root: std::path::PathBuf,
 }
 
@@ -122,6 +126,10 @@ impl Table {
 
     pub fn get(&self, tgid: u32) -> Option<&Tracked> {
         self.procs.get(&tgid)
+    }
+
+    pub fn get_mut(&mut self, tgid: u32) -> Option<&mut Tracked> {
+        self.procs.get_mut(&tgid)
     }
 
     /// The record of `tgid`, read from /proc when the table has none (the process started
@@ -175,7 +183,10 @@ impl Table {
                 ..Process::unknown(child)
             },
         };
-        if self.procs.contains_key(&child) {
+        if let Some(t) = self.procs.get(&child) {
+            if start != 0 && t.key.start == start {
+                return; // already known (read from /proc between attaching and the scan)
+            }
             self.forget(child);
         }
         self.procs.insert(child, Tracked::new(info));
@@ -185,18 +196,20 @@ impl Table {
     /// state for it go together.
     pub fn forget(&mut self, tgid: u32) -> Option<Tracked> {
         let t = self.procs.remove(&tgid)?;
-        self.forgotten.push(tgid);
+        self.forgotten.push(t.key);
         Some(t)
     }
 
     /// Forgets every process that `live` (pid and start time of each running process, from
-    /// /proc) shows gone or replaced: what lost exit events would have leaked. Returns how
-    /// many were forgotten.
-    pub fn reconcile(&mut self, live: &[(u32, u64)]) -> usize {
+    /// a /proc walk begun at `walk_ns`, CLOCK_MONOTONIC) shows gone or replaced: what lost
+    /// exit events would have leaked. A record made after the walk began is left alone: the
+    /// walk may have passed its pid before it started. Returns how many were forgotten.
+    pub fn reconcile(&mut self, live: &[(u32, u64)], walk_ns: u64) -> usize {
         let live: HashMap<u32, u64> = live.iter().copied().collect();
         let stale: Vec<u32> = self
             .procs
             .values()
+            .filter(|t| t.since_ns < walk_ns)
             .filter(|t| match live.get(&t.key.tgid) {
                 None => true,
                 Some(&start) => t.key.start != 0 && start != t.key.start,
@@ -209,8 +222,8 @@ impl Table {
         stale.len()
     }
 
-    /// tgids forgotten since the last call.
-    pub fn take_forgotten(&mut self) -> Vec<u32> {
+    /// Processes forgotten since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<ProcessKey> {
         std::mem::take(&mut self.forgotten)
     }
 
@@ -279,7 +292,8 @@ mod tests {
         assert_eq!(t.load(10).state::<Count>().0, 3, "exec keeps signal state");
         t.exec(sh(10, 200));
         assert_eq!(t.get(10).unwrap().peek::<Count>().map(|c| c.0), None);
-        assert_eq!(t.take_forgotten(), [10]);
+        let gone: Vec<u32> = t.take_forgotten().iter().map(|k| k.tgid).collect();
+        assert_eq!(gone, [10]);
     }
 
     #[test]
@@ -288,9 +302,17 @@ mod tests {
             Path::new("/proc"),
             vec![sh(10, 100), sh(11, 110), sh(12, 0)],
         );
-        assert_eq!(t.reconcile(&[(10, 100), (11, 999), (12, 5)]), 1);
+        let walk = crate::pipeline::monotonic_ns();
+        assert_eq!(t.reconcile(&[(10, 100), (11, 999), (12, 5)], walk), 1);
         assert!(t.get(11).is_none() && t.get(10).is_some() && t.get(12).is_some());
-        assert_eq!(t.reconcile(&[(10, 100)]), 1);
-        assert_eq!(t.len(), 1);
+        // A process that started after the walk began is not in it, and is kept.
+        t.fork(10, 13, 130, "sh");
+        assert_eq!(t.reconcile(&[(10, 100)], walk), 1);
+        assert_eq!(t.len(), 2);
+        assert!(t.get(13).is_some());
+        // A fork of a process already known under the same start time keeps its record.
+        t.get_mut(13).unwrap().revisions = 2;
+        t.fork(10, 13, 130, "sh");
+        assert_eq!(t.get(13).unwrap().revisions, 2);
     }
 }

@@ -96,7 +96,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     stats.tick().await;
     heartbeat.tick().await;
     reconcile.tick().await;
-    let (live_tx, mut live_rx) = tokio::sync::mpsc::channel::<Vec<(u32, u64)>>(1);
+    let (live_tx, mut live_rx) = tokio::sync::mpsc::channel::<(u64, Vec<(u32, u64)>)>(1);
     let mut last = Instant::now();
     tokio::pin!(shutdown);
     let reason = loop {
@@ -110,7 +110,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             }
             _ = drain.tick() => drain_all(&mut kernel, &mut p),
             _ = second.tick() => {
-                kernel.forget_samples(p.take_forgotten());
+                kernel.forget(p.take_forgotten());
                 let dt = std::mem::replace(&mut last, Instant::now()).elapsed();
                 p.tick(&kernel.cpu_totals(), dt, monotonic_ns());
                 let counters = kernel.counters();
@@ -122,9 +122,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
             _ = reconcile.tick() => {
                 // A /proc walk is slow on a busy node: it runs off this thread.
                 let tx = live_tx.clone();
-                tokio::task::spawn_blocking(move || tx.blocking_send(procfs::live(Path::new("/proc"))));
+                let begun = monotonic_ns();
+                tokio::task::spawn_blocking(move || tx.blocking_send((begun, procfs::live(Path::new("/proc")))));
+                kernel.prune_budgets(monotonic_ns());
             }
-            Some(live) = live_rx.recv() => p.reconcile(&live),
+            Some((begun, live)) = live_rx.recv() => p.reconcile(&live, begun),
             _ = heartbeat.tick() => {
                 p.api.heartbeat(heartbeat_every.as_secs() as u32);
                 p.api.flush();
@@ -281,6 +283,7 @@ fn ready(p: &mut Pipeline, kernel: &Kernel, watched: usize, started: Instant) {
         sensor_pid: std::process::id(),
         hooks_attached,
         hooks_missing,
+        hooks_degraded: ReadyRecord::degraded(&kernel.hooks),
         processes_known: p.processes(),
         connections_watched: watched,
         saturation_window_s: p.cfg().saturation_window.as_secs(),

@@ -58,6 +58,9 @@ pub struct Dropped {
     pub collector: String,
     pub first: u64,
     pub last: u64,
+    /// Events in `first..=last` that were in the spool (numbers skip what was never for
+    /// collectors).
+    pub count: u64,
 }
 
 #[derive(Debug)]
@@ -122,6 +125,28 @@ fn cursor_path(dir: &Path, name: &str) -> PathBuf {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     dir.join(format!("cursor-{safe}"))
+}
+
+/// Where the highest sequence number reserved is kept, so numbers given out to the local
+/// API and the JSON lines, which the spool never holds, are not given out again after a
+/// restart.
+fn reserved_path(dir: &Path) -> PathBuf {
+    dir.join("reserved")
+}
+
+/// Whole records in the segment at `path` numbered above `after`.
+fn records_after(path: &Path, after: u64) -> u64 {
+    let Ok(f) = File::open(path) else {
+        return 0;
+    };
+    let (mut pos, mut n) = (0, 0);
+    while let Record::Ok { seq, next, .. } = read_record(&f, pos) {
+        if seq > after {
+            n += 1;
+        }
+        pos = next;
+    }
+    n
 }
 
 fn save_cursor(dir: &Path, name: &str, seq: u64) -> std::io::Result<()> {
@@ -210,12 +235,12 @@ impl View {
             .unwrap_or_default()
     }
 
-    /// Every collector has acknowledged everything written.
-    pub fn all_acked(&self) -> bool {
+    /// Every collector has acknowledged everything up to `seq`, and the spool holds it.
+    pub fn all_acked(&self, seq: u64) -> bool {
         self.shared
             .index
             .lock()
-            .is_ok_and(|i| i.cursors.values().all(|&a| a >= i.last_seq))
+            .is_ok_and(|i| i.last_seq >= seq && i.cursors.values().all(|&a| a >= seq))
     }
 }
 
@@ -350,6 +375,25 @@ pub fn open(
 }
 
 impl Writer {
+    /// The number to continue from: the last event spooled, or the highest number reserved
+    /// by an earlier run, whichever is higher.
+    pub fn resume_seq(&self) -> u64 {
+        let reserved = std::fs::read_to_string(reserved_path(&self.shared.dir))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        self.last_seq().max(reserved)
+    }
+
+    /// Records that numbers up to `seq` may have been given out.
+    pub fn reserve(&self, seq: u64) -> Result<(), SpoolError> {
+        let path = reserved_path(&self.shared.dir);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{seq}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(io(&path))
+    }
+
     pub fn view(&self) -> View {
         View {
             shared: self.shared.clone(),
@@ -360,7 +404,7 @@ impl Writer {
         self.view().last_seq()
     }
 
-    /// Appends one event. Its `seq` must be one past the last.
+    /// Appends one event. Its `seq` must be above the last.
     pub fn append(&mut self, ev: &Event) -> Result<(), SpoolError> {
         encode(ev, &mut self.buf);
         self.file
@@ -408,12 +452,14 @@ impl Writer {
             let oldest = idx.oldest();
             let last = idx.segment_last(oldest);
             let mut dropped = Vec::new();
+            let path = segment_path(&self.shared.dir, oldest);
             for (name, acked) in idx.cursors.iter_mut() {
                 if *acked < last {
                     dropped.push(Dropped {
                         collector: name.clone(),
                         first: (*acked + 1).max(oldest),
                         last,
+                        count: records_after(&path, *acked),
                     });
                     *acked = last;
                     let _ = save_cursor(&self.shared.dir, name, last);
@@ -642,6 +688,13 @@ mod tests {
         let (w, mut r) = open(&dir, 1 << 30, &c).unwrap();
         assert_eq!(w.last_seq(), base + 10);
         assert_eq!(seqs(&mut r[0]), kept);
+        // Numbers reserved for events the spool never held are not given out again.
+        assert_eq!(w.resume_seq(), base + 10);
+        w.reserve(base + 500).unwrap();
+        drop(w);
+        let (w, _) = open(&dir, 1 << 30, &c).unwrap();
+        assert_eq!((w.last_seq(), w.resume_seq()), (base + 10, base + 500));
+        assert!(records_after(&segment_path(&dir, base + 1), base + 2) == 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,8 +5,9 @@
 //! `udp ADDR` (one datagram unconnected, one connected), `thread-exec PROG ARGS…` (a
 //! non-leader thread execs), `memfd-exec PROG ARGS…` (PROG copied into a memfd, run with
 //! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections),
-//! `payload-storm ADDR N` (N connections sending 2 KiB each), `padded ADDR one|split` (2 KiB of whitespace before the login, in the login's write or
-//! in writes of their own).
+//! `payload-storm ADDR N` (N connections sending 2 KiB each), `padded ADDR one|split|big`
+//! (2 KiB of whitespace before the login, in the login's write or in writes of their own;
+//! 24 KiB in the login's write).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -158,7 +159,8 @@ fn main() {
         "padded" => {
             let s = TcpStream::connect(addr(2)).expect("connect");
             s.set_nodelay(true).expect("TCP_NODELAY");
-            let blank: Vec<u8> = b" \t\r\n".iter().copied().cycle().take(2048).collect();
+            let size = if arg(3) == "big" { 24 * 1024 } else { 2048 };
+            let blank: Vec<u8> = b" \t\r\n".iter().copied().cycle().take(size).collect();
             if arg(3) == "split" {
                 for part in blank.chunks(512) {
                     (&s).write_all(part).expect("write");
