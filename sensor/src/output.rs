@@ -162,6 +162,9 @@ struct Jsonl {
     /// Records dropped and not yet told in a loss record.
     untold_drops: u64,
     failing: Option<String>,
+    /// When the path was last checked for rotation: at most once a second, not on every
+    /// flush (twenty a second).
+    checked: Option<std::time::Instant>,
 }
 
 fn ident_of(p: &Path) -> Option<(u64, u64)> {
@@ -184,6 +187,7 @@ impl Jsonl {
             health: SinkHealth::default(),
             untold_drops: 0,
             failing: None,
+            checked: None,
         })
     }
 
@@ -208,6 +212,15 @@ impl Jsonl {
         let JsonlTarget::File(p) = &self.target else {
             return;
         };
+        let healthy = self.file.is_some() && self.failing.is_none();
+        if healthy
+            && self
+                .checked
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
         let now = ident_of(p);
         if now.is_some() && now == self.ident && self.file.is_some() {
             return;

@@ -246,7 +246,9 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
 
 /// What an exec record leaves to /proc: the resolved executable (memfd and deleted files
 /// show there), and on request the cgroup path and the arguments. All `None` when the
-/// process is gone or, with `expect_start`, is another one.
+/// process is gone or, with `expect_start`, is another one. The exe alone is one `readlink`
+/// (the common case: one syscall per exec, at 5,000 execs a second); reading more goes
+/// through one directory handle, checked against the start time.
 #[derive(Debug, Default)]
 pub struct ExecDetails {
     pub exe: Option<String>,
@@ -261,6 +263,15 @@ pub fn exec_details(
     cgroup: bool,
     argv: bool,
 ) -> ExecDetails {
+    if !cgroup && !argv {
+        let exe = fs::read_link(proc_root.join(pid.to_string()).join("exe"));
+        return ExecDetails {
+            exe: exe
+                .ok()
+                .map(|p| escape_bytes(p.as_os_str().as_encoded_bytes())),
+            ..ExecDetails::default()
+        };
+    }
     let Some(dir) = ProcDir::open(proc_root, pid) else {
         return ExecDetails::default();
     };

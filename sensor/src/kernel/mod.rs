@@ -54,6 +54,26 @@ pub struct CpuTotals {
     pub hw: Option<(HashMap<u32, u64>, HashMap<u32, u64>)>,
 }
 
+impl CpuTotals {
+    /// `tgid` has an entry in one of the sample maps.
+    pub fn holds(&self, tgid: u32) -> bool {
+        self.samples.contains_key(&tgid)
+            || self
+                .hw
+                .as_ref()
+                .is_some_and(|(c, i)| c.contains_key(&tgid) || i.contains_key(&tgid))
+    }
+
+    /// Leaves `tgid` out of these totals.
+    pub fn drop_tgid(&mut self, tgid: u32) {
+        self.samples.remove(&tgid);
+        if let Some((c, i)) = self.hw.as_mut() {
+            c.remove(&tgid);
+            i.remove(&tgid);
+        }
+    }
+}
+
 /// Samples per tgid.
 type SampleMap = BpfHashMap<MapData, u32, u64>;
 
@@ -220,11 +240,11 @@ impl Kernel {
         }
     }
 
-    /// Drops the map entries of processes that are gone: CPU samples, payload budgets.
-    pub fn forget(&mut self, tgids: impl IntoIterator<Item = u32>) {
+    /// Drops the CPU sample entries of processes that are gone. (Their payload budget goes
+    /// in the exit hook, or with [`Kernel::prune_budgets`].)
+    pub fn forget_samples(&mut self, tgids: impl IntoIterator<Item = u32>) {
         for tgid in tgids {
             let _ = self.samples.remove(&tgid);
-            let _ = self.budgets.remove(&tgid);
             if let Some((c, i)) = self.hw.as_mut() {
                 let _ = c.remove(&tgid);
                 let _ = i.remove(&tgid);

@@ -41,9 +41,13 @@ impl From<crate::kernel::LoadError> for RunError {
     }
 }
 
-/// How often the lifecycle ring is drained without a wake-up: the most an exec-only finding
-/// waits.
+/// How often the lifecycle ring is drained without a wake-up while it has records: the most
+/// an exec-only finding waits on a busy node.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// The interval doubles while drains find nothing, up to this: an idle node wakes the
+/// sensor five times a second, not twenty, and an exec after a quiet spell waits at most
+/// this long.
+const DRAIN_IDLE: Duration = Duration::from_millis(200);
 /// Records handled per drain before the loop looks at its timers again: a flood cannot keep
 /// it from them (the rest is read on the next turn).
 const DRAIN_BATCH: usize = 4096;
@@ -84,7 +88,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     };
-    let (mut drain, mut second) = (every(DRAIN_EVERY), every(Duration::from_secs(1)));
+    let mut second = every(Duration::from_secs(1));
+    let mut drain_wait = DRAIN_EVERY;
+    let drain = tokio::time::sleep(drain_wait);
+    tokio::pin!(drain);
     let stats_every = p.cfg().stats_interval;
     let mut stats = every(if stats_every.is_zero() {
         Duration::from_secs(3600)
@@ -98,6 +105,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     reconcile.tick().await;
     let (live_tx, mut live_rx) = tokio::sync::mpsc::channel::<(u64, Vec<(u32, u64)>)>(1);
     let mut last = Instant::now();
+    let mut recently_gone: Vec<u32> = Vec::new();
     tokio::pin!(shutdown);
     let reason = loop {
         tokio::select! {
@@ -108,11 +116,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 ring?;
                 drain_all(&mut kernel, &mut p);
             }
-            _ = drain.tick() => drain_all(&mut kernel, &mut p),
+            _ = &mut drain => {
+                drain_wait = if drain_all(&mut kernel, &mut p) > 0 {
+                    DRAIN_EVERY
+                } else {
+                    (drain_wait * 2).min(DRAIN_IDLE)
+                };
+                drain.as_mut().reset(tokio::time::Instant::now() + drain_wait);
+            }
             _ = second.tick() => {
-                kernel.forget(p.take_forgotten());
+                let mut cpu = kernel.cpu_totals();
+                // Processes gone since the last two ticks (one may have been sampled after it
+                // was read): their sample entries go, and they are not judged again. Only
+                // the sampled few cost a map deletion, not every exit.
+                let gone = p.take_forgotten();
+                let sampled: Vec<u32> = gone
+                    .iter()
+                    .chain(&recently_gone)
+                    .copied()
+                    .filter(|t| cpu.holds(*t))
+                    .collect();
+                for &t in &sampled {
+                    cpu.drop_tgid(t);
+                }
+                kernel.forget_samples(sampled);
+                recently_gone = gone;
                 let dt = std::mem::replace(&mut last, Instant::now()).elapsed();
-                p.tick(&kernel.cpu_totals(), dt, monotonic_ns());
+                p.tick(&cpu, dt, monotonic_ns());
                 let counters = kernel.counters();
                 p.report_losses(&counters);
                 let report = p.status_report(&counters, started);
@@ -146,12 +176,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     Ok(())
 }
 
-/// Drains the lifecycle ring, then the decisive one, a batch each.
-fn drain_all(kernel: &mut Kernel, p: &mut Pipeline) {
+/// Drains the lifecycle ring, then the decisive one, a batch each; returns how many records.
+fn drain_all(kernel: &mut Kernel, p: &mut Pipeline) -> usize {
+    let mut n = 0;
     for ring in [Ring::Lifecycle, Ring::Decisive] {
-        kernel.drain(ring, DRAIN_BATCH, |ev| p.on_kernel(ev));
+        n += kernel.drain(ring, DRAIN_BATCH, |ev| p.on_kernel(ev));
     }
     p.flush();
+    n
 }
 
 /// The API socket and port, the spool and the collector clients; returns the publisher
