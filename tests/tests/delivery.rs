@@ -59,6 +59,15 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// A sensor named `name` pushing to `c` over plain HTTP, spooling in `spool` (a restarted
+/// sensor is given the same one), with `extra` flags.
+fn sensor_pushing_to(c: &Collector, name: &str, spool: &Path, extra: &[&str]) -> Sensor {
+    let url = format!("http://{}", c.addr);
+    let mut args = vec!["--collector", &url, "--spool-dir", spool.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Sensor::start(name, &args)
+}
+
 /// Raises a high alert on the sensor: a Stratum login from a fresh process.
 fn stratum_alert() -> (Proc, u32) {
     let (_l, addr) = listener(0);
@@ -178,16 +187,12 @@ fn collectors_get_what_is_decisive_unless_asked_for_activity() {
     }
     let c = Collector::start("filtered", "127.0.0.1:0", &[]);
     let spool = scratch("filtered-spool");
-    let url = format!("http://{}", c.addr);
-    let args = [
-        "--collector",
-        &url,
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "--heartbeat-interval",
-        "1",
-    ];
-    let mut s = Sensor::start("filtered-sensor", &args);
+    let mut s = sensor_pushing_to(
+        &c,
+        "filtered-sensor",
+        &spool,
+        &["--heartbeat-interval", "1"],
+    );
     exec_storm(200).wait();
     let (_c, pid) = stratum_alert();
     s.wait_alert(pid, "stratum_protocol", Duration::from_secs(10))
@@ -302,17 +307,7 @@ fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     }
     let mut c = Collector::start("deliver-kill", "127.0.0.1:0", &[]);
     let spool = scratch("deliver-kill-spool");
-    let url = format!("http://{}", c.addr);
-    let s = Sensor::start(
-        "deliver-kill-sensor",
-        &[
-            "--collector",
-            &url,
-            "--push-activity",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-        ],
-    );
+    let s = sensor_pushing_to(&c, "deliver-kill-sensor", &spool, &["--push-activity"]);
     let first = s.status()["last_seq"].as_u64().unwrap();
     let storm = exec_storm(3000);
     // Kill the collector while the stream is flowing, twice.
@@ -448,17 +443,7 @@ fn stuck_api_client_slows_neither_other_clients_nor_the_collector() {
     }
     let c = Collector::start("stuck-collector", "127.0.0.1:0", &[]);
     let spool = scratch("stuck-spool");
-    let url = format!("http://{}", c.addr);
-    let s = Sensor::start(
-        "stuck-sensor",
-        &[
-            "--collector",
-            &url,
-            "--push-activity",
-            "--spool-dir",
-            spool.to_str().unwrap(),
-        ],
-    );
+    let s = sensor_pushing_to(&c, "stuck-sensor", &spool, &["--push-activity"]);
     let events_cmd = |out: Stdio| {
         Proc::spawn(
             Command::new(sensor_bin())
@@ -642,16 +627,7 @@ fn stopped_sensor_raises_sensor_silent() {
     }
     let c = Collector::start("silent-collector", "127.0.0.1:0", &["--silent-after", "2s"]);
     let spool = scratch("silent-spool");
-    let url = format!("http://{}", c.addr);
-    let args = [
-        "--collector",
-        &url,
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "--heartbeat-interval",
-        "1",
-    ];
-    let s = Sensor::start("silent-sensor", &args);
+    let s = sensor_pushing_to(&c, "silent-sensor", &spool, &["--heartbeat-interval", "1"]);
     s.wait_delivered(Duration::from_secs(10));
     // Quiet for longer than 2 s is fine while heartbeats come.
     std::thread::sleep(Duration::from_secs(3));
@@ -680,7 +656,12 @@ fn stopped_sensor_raises_sensor_silent() {
     // The sink file is rotated away (logrotate); it comes back, and the SOC is told that in
     // the new file.
     std::fs::rename(&c.sink, c.sink.with_extension("1")).unwrap();
-    let _s = Sensor::start("silent-sensor-2", &args);
+    let _s = sensor_pushing_to(
+        &c,
+        "silent-sensor-2",
+        &spool,
+        &["--heartbeat-interval", "1"],
+    );
     c.wait_row(&["alerts"], Duration::from_secs(10), |a| {
         has_reason(a, "sensor_resumed")
     })
