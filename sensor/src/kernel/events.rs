@@ -117,6 +117,20 @@ pub enum Event {
     Close(Close),
 }
 
+impl Event {
+    /// Who and when: the process the event is about, and the kernel's timestamp.
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Event::Exec(e) => &e.meta,
+            Event::Fork(f) => &f.meta,
+            Event::Exit(m) => m,
+            Event::Connect(c) => &c.meta,
+            Event::Payload(p) => &p.meta,
+            Event::Close(c) => &c.meta,
+        }
+    }
+}
+
 /// Copies a `#[repr(C)]` plain-data struct out of a byte slice of at least its size.
 fn read<T: Copy>(b: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();

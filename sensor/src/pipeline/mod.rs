@@ -31,7 +31,7 @@ use crate::{
     },
     kernel::{
         CpuTotals, Event,
-        events::{DecodeError, Exec},
+        events::{DecodeError, Exec, Meta},
     },
     output::{Outputs, StatsRecord, rfc3339},
 };
@@ -173,7 +173,7 @@ impl Pipeline {
             }
         }
         for ev in &connections {
-            let t = self.table.load(ev_tgid(ev));
+            let t = self.table.load(ev.meta().tgid);
             for s in &mut self.signals {
                 s.on_event(ev, t, &mut found);
             }
@@ -199,14 +199,11 @@ impl Pipeline {
     fn handle(&mut self, ev: Event) {
         tracing::trace!(event = ?ev, "event");
         let mut found = Vec::new();
-        let ktime = match &ev {
-            Event::Exec(e) => e.meta.ktime_ns,
-            Event::Fork(f) => f.meta.ktime_ns,
-            Event::Exit(m) => m.ktime_ns,
-            Event::Connect(c) => c.meta.ktime_ns,
-            Event::Payload(p) => p.meta.ktime_ns,
-            Event::Close(c) => c.meta.ktime_ns,
-        };
+        let Meta {
+            tgid,
+            ktime_ns: ktime,
+            ..
+        } = *ev.meta();
         match &ev {
             Event::Fork(f) => {
                 let start = procfs::ns_to_ticks(f.child_start_ns);
@@ -226,10 +223,13 @@ impl Pipeline {
             }
             Event::Exec(e) => {
                 let info = self.describe(e);
+                // Asked now, so the name is there when an alert needs it.
                 self.users.want(info.uid);
-                let user = self.users.name(info.uid);
                 let at = self.wall(e.meta.ktime_ns);
-                self.activity(at, |_| convert::exec(&info, user.as_deref()));
+                self.activity(at, |p| {
+                    let user = p.users.name(info.uid);
+                    convert::exec(&info, user.as_deref())
+                });
                 let t = self.table.exec(info);
                 for s in &mut self.signals {
                     s.on_process(t, &mut found);
@@ -241,7 +241,6 @@ impl Pipeline {
             }
             Event::Payload(_) | Event::Close(_) => {}
         }
-        let tgid = ev_tgid(&ev);
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.
             Event::Close(_) => match self.table.get_mut(tgid) {
@@ -521,18 +520,6 @@ impl Pipeline {
             peak_rss_kb,
             bpf,
         }
-    }
-}
-
-/// The process a kernel event is about.
-fn ev_tgid(ev: &Event) -> u32 {
-    match ev {
-        Event::Exec(e) => e.meta.tgid,
-        Event::Fork(f) => f.meta.tgid,
-        Event::Exit(m) => m.tgid,
-        Event::Connect(c) => c.meta.tgid,
-        Event::Payload(p) => p.meta.tgid,
-        Event::Close(c) => c.meta.tgid,
     }
 }
 
