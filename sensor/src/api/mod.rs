@@ -315,20 +315,18 @@ impl Publisher {
         let to_collectors =
             rare || self.push_activity || matches!(ev.body, Some(Body::Heartbeat(_)));
         let ev = Arc::new(ev);
-        if to_collectors && self.spool.is_some() {
+        if let Some(spool) = self.spool.as_ref().filter(|_| to_collectors) {
             self.last_spooled = ev.seq;
-        }
-        if let Some(spool) = self.spool.as_ref().filter(|_| to_collectors)
-            && let Err(why) = spool.send(SpoolCmd::Append(ev.clone()))
-        {
-            self.spool_errors += 1;
-            Unspooled::add(&mut self.unspooled, ev.seq, why);
-            if self.spool_errors.is_power_of_two() {
-                tracing::error!(
-                    reason = why,
-                    seq = ev.seq,
-                    "event not spooled: collectors will miss it"
-                );
+            if let Err(why) = spool.send(SpoolCmd::Append(ev.clone())) {
+                self.spool_errors += 1;
+                Unspooled::add(&mut self.unspooled, ev.seq, why);
+                if self.spool_errors.is_power_of_two() {
+                    tracing::error!(
+                        reason = why,
+                        seq = ev.seq,
+                        "event not spooled: collectors will miss it"
+                    );
+                }
             }
         }
         if rare || self.hub.has_clients() {
