@@ -28,6 +28,9 @@ pub mod map {
     pub const HW_INSNS: &str = "HW_INSNS";
     /// Each process's use of the decisive ring this second ([`crate::PayloadBudget`]).
     pub const PAYLOAD_BUDGETS: &str = "PAYLOAD_BUDGETS";
+    /// Rounding modes seen at context switch, per thread ([`crate::FpuThread`]), for the
+    /// threads that ever showed a non-default one.
+    pub const FPU_THREADS: &str = "FPU_THREADS";
 }
 
 /// Names of the read-only globals the loader sets before loading.
@@ -65,8 +68,15 @@ pub struct KernelOffsets {
     /// `task_struct.start_boottime`: with the tgid, a process's identity (what
     /// `/proc/<pid>/stat` shows as `starttime`, in clock ticks).
     pub task_start_boottime: u32,
+    /// `fpu.fpstate` (Linux 5.16+: the saved registers hang off a pointer), or 0 where the
+    /// registers sit inside `struct fpu` itself (older kernels, `fpu.state`).
+    pub fpu_fpstate: u32,
+    /// Where the saved MXCSR is: inside `struct fpstate` (`regs.xsave.i387.mxcsr`) when
+    /// `fpu_fpstate` is set, else inside `struct fpu` (`state.xsave.i387.mxcsr`). 0: unknown,
+    /// and the rounding-mode hook does nothing.
+    pub fpu_mxcsr: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 48);
 
 impl KernelOffsets {
     pub const ZERO: Self = Self {
@@ -80,6 +90,8 @@ impl KernelOffsets {
         bprm_filename: 0,
         sock_err: 0,
         task_start_boottime: 0,
+        fpu_fpstate: 0,
+        fpu_mxcsr: 0,
     };
 }
 
@@ -121,8 +133,11 @@ pub mod stat {
     /// A payload record not sent because its process spent its budget on the decisive ring
     /// ([`crate::PROCESS_PAYLOAD_BYTES`] a second): one process cannot flood it.
     pub const PAYLOAD_BUDGET_DROPPED: u32 = 13;
+    /// A thread showed a non-default rounding mode but `FPU_THREADS` was full: it is not
+    /// counted until user space frees entries.
+    pub const FPU_THREADS_FULL: u32 = 14;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -140,6 +155,7 @@ pub mod stat {
         "payload_records_capped",
         "payload_blank_capped",
         "payload_budget_dropped",
+        "fpu_threads_full",
     ];
 }
 
@@ -177,6 +193,26 @@ pub const BLANK_MAX: u32 = 64 * 1024;
 /// Events between two hardware-counter samples: cycles and instructions are sampled with
 /// this period, so samples x period estimates each process's count.
 pub const HW_SAMPLE_PERIOD: u64 = 10_000_000;
+
+/// What one thread's context switches showed of its SSE rounding mode (MXCSR bits 13-14),
+/// since its first switch with a non-default mode. Counted by the thread's own CPU as it is
+/// switched out (one CPU at a time), read and pruned by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FpuThread {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the entry was made (its first non-default mode).
+    pub first_ns: u64,
+    /// Context switches counted.
+    pub switches: u64,
+    /// Of those, switches in each rounding mode other than to-nearest: down, up, toward zero.
+    pub modes: [u64; 3],
+}
+const _: () = assert!(size_of::<FpuThread>() == 48);
+
+/// Most threads followed by the rounding-mode hook; more are counted as `fpu_threads_full`.
+pub const FPU_THREADS_MAX: u32 = 16384;
 
 /// `ExecEvent::flags`: argv was longer than [`ARGV_CAP`].
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
@@ -369,4 +405,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PayloadBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FpuThread {}
 }

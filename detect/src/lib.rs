@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod indicators;
+pub mod rounding;
 pub mod saturation;
 pub mod stratum;
 
@@ -70,6 +71,7 @@ pub mod code {
     pub const EXE_LOCATION: &str = "suspicious_exe_location";
     pub const CPU_SATURATION: &str = "cpu_saturation";
     pub const MINER_PORT: &str = "miner_port";
+    pub const RANDOMX: &str = "randomx_fingerprint";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -99,6 +101,14 @@ pub enum Finding {
     },
     MinerPort {
         peer: SocketAddr,
+    },
+    /// A thread whose context switches show RandomX's use of the rounding modes
+    /// ([`rounding::Verdict::RandomX`]), over `secs`; `threads` of the process showed it.
+    RandomxFingerprint {
+        tid: u32,
+        counts: rounding::Rounding,
+        secs: u64,
+        threads: usize,
     },
 }
 
@@ -176,6 +186,29 @@ impl Finding {
                 10,
                 format!("connection to {peer}, a port mining pools commonly use"),
             ),
+            Finding::RandomxFingerprint {
+                tid,
+                counts: c,
+                secs,
+                threads,
+            } => (
+                code::RANDOMX,
+                55,
+                format!(
+                    "RandomX rounding-mode switches in {:.0} % of {} context switches of thread {tid} \
+                     over {} (down {}, up {}, toward zero {}: every mode, as RandomX sets them){}",
+                    c.share() * 100.0,
+                    group_thousands(c.switches),
+                    human_secs(*secs),
+                    c.down,
+                    c.up,
+                    c.toward_zero,
+                    match threads {
+                        0 | 1 => String::new(),
+                        n => format!("; {n} threads of the process show it"),
+                    }
+                ),
+            ),
         };
         Reason {
             code,
@@ -185,12 +218,46 @@ impl Finding {
     }
 }
 
+/// Reasons that are normal on HPC nodes: running from /tmp or scratch, sustained CPU, a
+/// port pools also use. However many of them a process has, together they weigh at most
+/// [`WEAK_CAP`], below medium: only a miner-specific reason (Stratum, the fingerprint, a
+/// miner command line, ...) takes an alert to medium and above.
+pub const WEAK: &[&str] = &[code::EXE_LOCATION, code::CPU_SATURATION, code::MINER_PORT];
+/// The most that [`WEAK`] reasons add up to.
+pub const WEAK_CAP: u32 = 29;
+
+/// The total weight of `reasons`, with the weak ones capped.
+pub fn score<'a>(reasons: impl IntoIterator<Item = &'a Reason>) -> u32 {
+    let (mut strong, mut weak) = (0, 0);
+    for r in reasons {
+        if WEAK.contains(&r.code) {
+            weak += r.weight;
+        } else {
+            strong += r.weight;
+        }
+    }
+    strong + weak.min(WEAK_CAP)
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
         s.chars().take(n).collect::<String>() + "…"
     }
+}
+
+/// `1204` as `1,204`.
+pub fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub fn human_secs(s: u64) -> String {
@@ -256,7 +323,7 @@ impl Case {
                 st.reasons.insert(r.code, r);
             }
         }
-        let score: u32 = st.reasons.values().map(|r| r.weight).sum();
+        let score = score(st.reasons.values());
         let severity = Severity::from_score(score);
         let changed =
             st.emitted_severity.is_none_or(|s| severity > s) || st.reasons.len() > st.emitted_codes;
@@ -437,6 +504,71 @@ mod tests {
             (Severity::Critical, 2, "9-1")
         );
         assert_eq!(e.observe(9, 5, &login()), None);
+    }
+
+    #[test]
+    fn weak_reasons_together_stay_below_medium() {
+        let mut e = Engine::new();
+        e.observe(3, 1, &burn(false));
+        e.observe(
+            3,
+            2,
+            &Finding::ExeLocation {
+                exe: "/tmp/solver".into(),
+                why: "is in /tmp",
+            },
+        );
+        let a = e.observe(
+            3,
+            3,
+            &Finding::MinerPort {
+                peer: "10.0.0.1:3333".parse().unwrap(),
+            },
+        );
+        let a = a.unwrap();
+        assert_eq!((a.score, a.severity), (WEAK_CAP, Severity::Low));
+        // One miner-specific reason on top counts in full.
+        let a = e.observe(3, 4, &fingerprint()).unwrap();
+        assert_eq!((a.score, a.severity), (55 + WEAK_CAP, Severity::High));
+    }
+
+    fn fingerprint() -> Finding {
+        Finding::RandomxFingerprint {
+            tid: 4015,
+            counts: rounding::Rounding {
+                switches: 1204,
+                down: 230,
+                up: 241,
+                toward_zero: 227,
+            },
+            secs: 60,
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_medium_alone_and_high_with_sustained_cpu() {
+        let mut e = Engine::new();
+        let a = e.observe(4, 1, &fingerprint()).unwrap();
+        assert_eq!(a.severity, Severity::Medium);
+        assert_eq!(
+            a.reasons[0].detail,
+            "RandomX rounding-mode switches in 58 % of 1,204 context switches of thread 4015 \
+             over 60 s (down 230, up 241, toward zero 227: every mode, as RandomX sets them)"
+        );
+        // Inside a job sustained CPU weighs least, and still makes it high.
+        assert_eq!(
+            e.observe(4, 2, &burn(true)).unwrap().severity,
+            Severity::High
+        );
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1204), "1,204");
+        assert_eq!(group_thousands(1_234_567), "1,234,567");
     }
 
     #[test]

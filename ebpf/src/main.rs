@@ -8,6 +8,7 @@
 
 mod cpu;
 mod exec;
+mod fpu;
 mod maps;
 mod net;
 mod payload;

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use minerwatch_common::{ExecEvent, PayloadBudget, PayloadEvent, SockState, stat};
+use minerwatch_common::{
+    ExecEvent, FPU_THREADS_MAX, FpuThread, PayloadBudget, PayloadEvent, SockState, stat,
+};
 
 /// Lifecycle events (exec, fork, exit, connect, close). 8 MiB absorbs a burst of tens of
 /// thousands of execs while the reader sleeps (exec records are sized to their argv).
@@ -41,6 +43,11 @@ pub static CPU_SAMPLES: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 pub static HW_CYCLES: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 #[map]
 pub static HW_INSNS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
+
+/// Rounding modes per thread id, for the threads that ever showed a non-default one; read
+/// and pruned by user space (entries of exited threads are removed there).
+#[map]
+pub static FPU_THREADS: HashMap<u32, FpuThread> = HashMap::with_max_entries(FPU_THREADS_MAX, 0);
 
 /// Scratch space to build an `ExecEvent` (too large for the 512-byte stack); only the used
 /// part is copied into the ring.

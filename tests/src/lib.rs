@@ -8,7 +8,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -454,6 +454,31 @@ const JOB: &str = concat!(
 impl Pool {
     /// Listens on `listener` (bound by the caller, possibly inside a namespace).
     pub fn serve(listener: TcpListener) -> Pool {
+        Self::serve_with(listener, None)
+    }
+
+    /// The same pool behind TLS, with a fresh self-signed certificate (miners do not check
+    /// a pool's certificate unless told its fingerprint).
+    pub fn serve_tls(listener: TcpListener) -> Pool {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["pool.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        Self::serve_with(listener, Some(Arc::new(config)))
+    }
+
+    fn serve_with(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Pool {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -463,8 +488,18 @@ impl Pool {
             while !s2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let (l3, s3) = (l2.clone(), s2.clone());
-                        thread::spawn(move || serve_conn(conn, l3, s3));
+                        let (l3, s3, tls) = (l2.clone(), s2.clone(), tls.clone());
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
+                        thread::spawn(move || match tls {
+                            None => serve_conn(conn, l3, s3),
+                            Some(config) => {
+                                let Ok(session) = rustls::ServerConnection::new(config) else {
+                                    return;
+                                };
+                                serve_conn(rustls::StreamOwned::new(session, conn), l3, s3)
+                            }
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(20)),
                 }
@@ -474,16 +509,21 @@ impl Pool {
     }
 }
 
-fn serve_conn(conn: TcpStream, lines: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
-    conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
-    let mut w = conn.try_clone().unwrap();
+/// Serves one client: a line in, a reply out. Reads time out every 200 ms so `stop` is seen.
+fn serve_conn(
+    conn: impl std::io::Read + Write,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut r = BufReader::new(conn);
     let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
-        line.clear();
+        // A read that timed out keeps what it had read of the line: the rest follows.
         match r.read_line(&mut line) {
             Ok(0) => return,
+            Ok(_) if !line.ends_with('\n') => continue,
             Ok(_) => {
+                let w = r.get_mut();
                 lines.lock().unwrap().push(line.trim().to_string());
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 let id = v["id"].clone();
@@ -501,8 +541,18 @@ fn serve_conn(conn: TcpStream, lines: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicB
                 {
                     return;
                 }
+                let _ = w.flush();
+                line.clear();
             }
-            Err(_) => continue, // read timeout: check `stop` again
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue; // read timeout: check `stop` again
+            }
+            Err(_) => return,
         }
     }
 }

@@ -201,6 +201,15 @@ pub fn start_of(proc_root: &Path, pid: u32) -> Option<u64> {
     parse_stat(&stat).map(|(_, _, start)| start)
 }
 
+/// Thread `tid` of process `tgid` is still running.
+pub fn thread_exists(proc_root: &Path, tgid: u32, tid: u32) -> bool {
+    proc_root
+        .join(tgid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .exists()
+}
+
 /// Reads one process from /proc; `None` when it is gone, or when `expect_start` is given and
 /// the process under that pid is another one.
 pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Option<Process> {

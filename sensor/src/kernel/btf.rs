@@ -315,5 +315,13 @@ mod tests {
         let end = btf.member_offset("mm_struct", "arg_end").unwrap();
         assert_eq!(end, start + 8);
         assert!(btf.member_offset("signal_struct", "live").unwrap() > 0);
+        // The RandomX fingerprint: the saved MXCSR behind `fpu->fpstate` (5.16+), at byte 24
+        // of the legacy FXSAVE area that starts the register union.
+        if cfg!(target_arch = "x86_64") {
+            assert!(btf.member_offset("fpu", "fpstate").unwrap() > 0);
+            let regs = btf.member_offset("fpstate", "regs").unwrap();
+            let mxcsr = btf.member_offset("fpstate", "regs.xsave.i387.mxcsr").unwrap();
+            assert_eq!(mxcsr, regs + 24);
+        }
     }
 }

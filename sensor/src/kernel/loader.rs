@@ -143,6 +143,16 @@ pub const HOOKS: &[Hook] = &[
         }),
     },
     Hook {
+        program: "fpu_switch",
+        attach: Attach::RawTracePoint {
+            name: "x86_fpu_regs_deactivated",
+        },
+        purpose: "SSE rounding mode of each thread as it is switched out (RandomX fingerprint)",
+        lost: "the RandomX fingerprint: a miner that hides its protocol raises at most medium",
+        optional: false,
+        fallback: None,
+    },
+    Hook {
         program: "cpu_sample",
         attach: Attach::CpuClock,
         purpose: "on-CPU sampling (cpu-clock) for saturation",
@@ -213,7 +223,20 @@ pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::kernel::btf:
         bprm_filename: get("linux_binprm", "filename"),
         sock_err: get("sock", "sk_err"),
         task_start_boottime: get("task_struct", "start_boottime"),
+        ..KernelOffsets::ZERO
     };
+    // The saved FPU registers moved behind `fpu.fpstate` in Linux 5.16; before that they
+    // were `fpu.state` itself.
+    match (
+        btf.member_offset("fpu", "fpstate"),
+        btf.member_offset("fpstate", "regs.xsave.i387.mxcsr"),
+    ) {
+        (Ok(ptr), Ok(mxcsr)) => (o.fpu_fpstate, o.fpu_mxcsr) = (ptr, mxcsr),
+        (Err(e), _) | (_, Err(e)) => match btf.member_offset("fpu", "state.xsave.i387.mxcsr") {
+            Ok(mxcsr) => o.fpu_mxcsr = mxcsr,
+            Err(_) => missing.push(e.to_string()),
+        },
+    }
     // The exit hook reads `signal->live` whenever `task_signal` is known (`live` follows a
     // reference count, so it is never at offset 0).
     if o.signal_live == 0 {
@@ -235,6 +258,8 @@ pub fn offset_table(o: &KernelOffsets) -> Vec<(&'static str, u32)> {
         ("linux_binprm.filename", o.bprm_filename),
         ("sock.sk_err", o.sock_err),
         ("task_struct.start_boottime", o.task_start_boottime),
+        ("fpu.fpstate", o.fpu_fpstate),
+        ("fpstate.regs.xsave.i387.mxcsr", o.fpu_mxcsr),
     ]
 }
 

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddr, os::fd::AsRawFd};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SkStorage};
 use hashbrown::HashMap;
-use minerwatch_common::{PayloadBudget, SOCK_WATCH, SockState, map, stat};
+use minerwatch_common::{FpuThread, PayloadBudget, SOCK_WATCH, SockState, map, stat};
 use tokio::io::unix::AsyncFd;
 
 pub use events::Event;
@@ -89,6 +89,7 @@ pub struct Kernel {
     samples: SampleMap,
     budgets: BpfHashMap<MapData, u32, PayloadBudget>,
     hw: Option<(SampleMap, SampleMap)>,
+    fpu: BpfHashMap<MapData, u32, FpuThread>,
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -148,6 +149,7 @@ impl Kernel {
             socks: take(&mut ebpf, map::SOCKS)?,
             samples: take(&mut ebpf, map::CPU_SAMPLES)?,
             budgets: take(&mut ebpf, map::PAYLOAD_BUDGETS)?,
+            fpu: take(&mut ebpf, map::FPU_THREADS)?,
             hw,
             lifecycle,
             decisive,
@@ -249,6 +251,19 @@ impl Kernel {
                 let _ = c.remove(&tgid);
                 let _ = i.remove(&tgid);
             }
+        }
+    }
+
+    /// Rounding-mode counts of every thread that ever showed a non-default mode, by thread
+    /// id. Small: most threads never do.
+    pub fn fpu_threads(&self) -> Vec<(u32, FpuThread)> {
+        self.fpu.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Drops the rounding-mode counts of threads that are gone.
+    pub fn forget_fpu_threads(&mut self, tids: impl IntoIterator<Item = u32>) {
+        for tid in tids {
+            let _ = self.fpu.remove(&tid);
         }
     }
 

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use minerwatch_common::FpuThread;
 use minerwatch_detect::{Reason, Severity};
 
 pub use run::{RunError, run};
@@ -325,8 +326,19 @@ impl Pipeline {
     }
 
     /// Once a second: CPU shares and every signal's tick.
-    pub fn tick(&mut self, cpu: &CpuTotals, dt: Duration, now_ns: u64) {
-        let tick = Tick { now_ns, dt, cpu };
+    pub fn tick(
+        &mut self,
+        cpu: &CpuTotals,
+        rounding: &[(u32, FpuThread)],
+        dt: Duration,
+        now_ns: u64,
+    ) {
+        let tick = Tick {
+            now_ns,
+            dt,
+            cpu,
+            rounding,
+        };
         let mut found = Vec::new();
         for s in &mut self.signals {
             s.on_tick(&tick, &mut self.table, &mut found);

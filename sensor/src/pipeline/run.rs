@@ -140,9 +140,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                     cpu.drop_tgid(t);
                 }
                 kernel.forget_samples(sampled);
+                // Threads of gone processes leave the rounding-mode counts too.
+                let mut rounding = kernel.fpu_threads();
+                let dead: Vec<u32> = rounding
+                    .iter()
+                    .filter(|(_, t)| gone.contains(&t.tgid) || recently_gone.contains(&t.tgid))
+                    .map(|(tid, _)| *tid)
+                    .collect();
+                if !dead.is_empty() {
+                    rounding.retain(|(tid, _)| !dead.contains(tid));
+                    kernel.forget_fpu_threads(dead);
+                }
                 recently_gone = gone;
                 let dt = std::mem::replace(&mut last, Instant::now()).elapsed();
-                p.tick(&cpu, dt, monotonic_ns());
+                p.tick(&cpu, &rounding, dt, monotonic_ns());
                 let counters = kernel.counters();
                 p.report_losses(&counters);
                 let report = p.status_report(&counters, started);
@@ -155,6 +166,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 let begun = monotonic_ns();
                 tokio::task::spawn_blocking(move || tx.blocking_send((begun, procfs::live(Path::new("/proc")))));
                 kernel.prune_budgets(monotonic_ns());
+                // Threads that ended inside a process that lives on: their counts go.
+                let ended = kernel
+                    .fpu_threads()
+                    .into_iter()
+                    .filter(|(tid, t)| !procfs::thread_exists(Path::new("/proc"), t.tgid, *tid))
+                    .map(|(tid, _)| tid);
+                kernel.forget_fpu_threads(ended.collect::<Vec<_>>());
             }
             Some((begun, live)) = live_rx.recv() => p.reconcile(&live, begun),
             _ = heartbeat.tick() => {

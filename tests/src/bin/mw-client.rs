@@ -7,7 +7,9 @@
 //! `execveat(fd, "", …, AT_EMPTY_PATH)`), `connect-storm ADDR N` (N short connections),
 //! `payload-storm ADDR N` (N connections sending 2 KiB each), `padded ADDR one|split|big`
 //! (2 KiB of whitespace before the login, in the login's write or in writes of their own;
-//! 24 KiB in the login's write).
+//! 24 KiB in the login's write), `interval SECONDS` (interval arithmetic: a busy loop that
+//! rounds each bound of an interval sum down and up, switching the SSE rounding mode
+//! thousands of times a second, as CGAL and Boost.Interval do).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -135,6 +137,21 @@ fn main() {
             }
             std::hint::black_box(x);
         }
+        "interval" => {
+            let until = Instant::now() + Duration::from_secs(arg(2).parse().expect("seconds"));
+            let (mut lo, mut hi) = (0.0f64, 0.0f64);
+            while Instant::now() < until {
+                for i in 0..10_000 {
+                    let x = std::hint::black_box(1.0 / f64::from(i + 3));
+                    set_rounding(ROUND_DOWN);
+                    lo = std::hint::black_box(lo + x);
+                    set_rounding(ROUND_UP);
+                    hi = std::hint::black_box(hi + x);
+                }
+                set_rounding(ROUND_NEAREST);
+            }
+            assert!(lo <= hi, "lower bound {lo} above upper {hi}");
+        }
         "hold" => {
             // Connects now; sends a keepalive when told on stdin; exits at EOF.
             let mut s = TcpStream::connect(addr(2)).expect("connect");
@@ -260,4 +277,21 @@ fn main() {
         }
         other => panic!("unknown command {other}"),
     }
+}
+
+/// MXCSR rounding-control values (bits 13-14), with every exception masked.
+const ROUND_NEAREST: u32 = 0x1f80;
+const ROUND_DOWN: u32 = 0x1f80 | (1 << 13);
+const ROUND_UP: u32 = 0x1f80 | (2 << 13);
+
+/// Sets the SSE rounding mode, as `fesetround` does.
+fn set_rounding(mxcsr: u32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: loads a valid MXCSR value (all exceptions masked, only the rounding bits set);
+    // nothing else depends on the rounding mode across this call.
+    unsafe {
+        std::arch::asm!("ldmxcsr [{}]", in(reg) &mxcsr, options(nostack, readonly));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = mxcsr;
 }

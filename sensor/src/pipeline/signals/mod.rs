@@ -10,10 +10,12 @@
 mod cpu;
 mod first_bytes;
 mod port;
+mod rounding;
 mod shape;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use minerwatch_common::FpuThread;
 use minerwatch_detect::Finding;
 
 use super::process::{ProcessKey, Table, Tracked};
@@ -37,6 +39,8 @@ pub struct Tick<'a> {
     /// Since the last tick.
     pub dt: Duration,
     pub cpu: &'a CpuTotals,
+    /// Rounding-mode counts by thread id, for threads that ever showed a non-default mode.
+    pub rounding: &'a [(u32, FpuThread)],
 }
 
 pub trait Signal: Send {
@@ -69,7 +73,13 @@ pub trait Signal: Send {
 pub type NewSignal = fn(&Config) -> Box<dyn Signal>;
 
 /// Every signal, in the order they see each event.
-pub const REGISTRY: &[NewSignal] = &[shape::new, port::new, first_bytes::new, cpu::new];
+pub const REGISTRY: &[NewSignal] = &[
+    shape::new,
+    port::new,
+    first_bytes::new,
+    cpu::new,
+    rounding::new,
+];
 
 /// The signals for `cfg`.
 pub fn all(cfg: &Config) -> Vec<Box<dyn Signal>> {

@@ -1,0 +1,144 @@
+//! Miners that hide their protocol: the real XMRig speaking TLS to a stand-in pool, renamed,
+//! configured by a file instead of arguments, must still get a high alert, from the RandomX
+//! rounding-mode fingerprint and its CPU; and a benign program that switches rounding modes
+//! all the time (interval arithmetic) must not look like it. Loopback and own namespaces
+//! only.
+use std::{
+    fs,
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use minerwatch_tests::{
+    NetNs, Pool, Proc, Sensor, has_reason, root_or_skip, scratch, severity_rank, xmrig,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
+const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+/// Short, so the benign workloads fit the CI budget.
+const WINDOW: &str = "5";
+
+/// XMRig reads `config.json` from its own directory when it has no arguments.
+fn config(pool: std::net::SocketAddr) -> String {
+    format!(
+        r#"{{
+  "autosave": false,
+  "background": false,
+  "colors": false,
+  "donate-level": 1,
+  "randomx": {{ "mode": "light", "1gb-pages": false, "rdmsr": false, "wrmsr": false }},
+  "cpu": {{ "enabled": true, "huge-pages": false, "rx": [-1] }},
+  "pools": [{{ "url": "{pool}", "user": "{WALLET}", "pass": "x", "tls": true, "keepalive": true }}]
+}}"#
+    )
+}
+
+#[test]
+fn xmrig_over_tls_renamed_with_a_config_file_is_high_from_its_fingerprint() {
+    if !root_or_skip("xmrig_over_tls_renamed_with_a_config_file_is_high_from_its_fingerprint") {
+        return;
+    }
+    let ns = NetNs::new("tls");
+    let pool = ns
+        .spawn(|| Pool::serve_tls(TcpListener::bind("127.0.0.1:443").expect("bind in netns")))
+        .join()
+        .unwrap();
+    // Renamed, and not in /tmp: nothing about the file says "miner".
+    let dir = scratch("xmrig-tls").join("opt");
+    fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("dbus-helper");
+    fs::copy(xmrig(), &bin).unwrap();
+    fs::write(dir.join("config.json"), config(pool.addr)).unwrap();
+
+    let mut s = Sensor::start("xmrig-tls", &["--saturation-window", WINDOW]);
+    let started = Instant::now();
+    let miner = Proc::spawn(
+        ns.command(&bin)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let pid = miner.pid();
+    let alert = s
+        .wait_for(Duration::from_secs(90), |r| {
+            r["kind"] == "alert" && r["pid"] == pid && severity_rank(&r["severity"]) >= 3
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no high alert for XMRig over TLS (pid {pid}) within 90 s: {:?}\n{}",
+                s.alerts_for(pid),
+                s.stderr_text()
+            )
+        });
+    eprintln!(
+        "XMRig over TLS: high alert {:.1} s after start: {}",
+        started.elapsed().as_secs_f64(),
+        alert["reasons"]
+    );
+    assert!(has_reason(&alert, "randomx_fingerprint"), "{alert}");
+    assert!(has_reason(&alert, "cpu_saturation"), "{alert}");
+    // TLS hid the login: the alert stands without it.
+    assert!(!has_reason(&alert, "stratum_protocol"), "{alert}");
+    assert!(!has_reason(&alert, "miner_cmdline"), "{alert}");
+    let why = alert["reasons"].to_string();
+    assert!(
+        why.contains("toward zero") && why.contains("context switches of thread"),
+        "{why}"
+    );
+    // It did mine: the pool got its login over TLS.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !pool
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("\"login\""))
+    {
+        assert!(
+            Instant::now() < end,
+            "the stand-in pool never received XMRig's login over TLS"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn interval_arithmetic_switching_rounding_modes_stays_below_medium() {
+    if !root_or_skip("interval_arithmetic_switching_rounding_modes_stays_below_medium") {
+        return;
+    }
+    let mut s = Sensor::start(
+        "interval",
+        &["--saturation-window", WINDOW, "--stats-interval", "1"],
+    );
+    // Longer than the window, so sustained CPU is seen and the fingerprint had its switches.
+    let p = Proc::spawn(
+        Command::new(CLIENT)
+            .args(["interval", "9"])
+            .stdin(Stdio::null()),
+    );
+    let pid = p.pid();
+    // Positive barrier: its CPU saturation was judged, so its switches were too.
+    s.wait_alert(pid, "cpu_saturation", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "no cpu_saturation for the interval loop: {:?}",
+                s.alerts_for(pid)
+            )
+        });
+    let status = s.status();
+    assert!(p.wait().success(), "the interval loop failed");
+    s.settled(pid, Duration::from_secs(10));
+    for a in s.alerts_for(pid) {
+        assert!(!has_reason(&a, "randomx_fingerprint"), "{a}");
+        assert!(severity_rank(&a["severity"]) < 2, "{a}");
+    }
+    // It did switch rounding modes where the hook could see them: the test tests something.
+    let seen = status["counters"]["rounding_threads"].as_u64();
+    assert!(
+        seen.is_some_and(|n| n >= 1),
+        "no thread seen with a non-default rounding mode: {status}"
+    );
+}
