@@ -32,6 +32,8 @@ pub struct Sizes {
     pub connects: u64,
     pub writes: u64,
     pub cpu_iters: u64,
+    /// Round trips of the context-switch workload (two threads, two pipes).
+    pub switches: u64,
     pub idle_secs: u64,
     pub storm_secs: u64,
     pub storm_rate: u64,
@@ -50,6 +52,7 @@ impl Sizes {
             connects: 5000,
             writes: 200_000,
             cpu_iters: 400_000_000,
+            switches: 200_000,
             idle_secs: 30,
             storm_secs: 10,
             storm_rate: 5000,
@@ -67,6 +70,7 @@ impl Sizes {
             connects: 200,
             writes: 5_000,
             cpu_iters: 10_000_000,
+            switches: 5_000,
             idle_secs: 2,
             storm_secs: 1,
             storm_rate: 1000,
@@ -376,15 +380,17 @@ enum Workload {
     WriteFile,
     WriteSocket,
     Cpu,
+    Switch,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Exec,
         Workload::Connect,
         Workload::WriteFile,
         Workload::WriteSocket,
         Workload::Cpu,
+        Workload::Switch,
     ];
 
     fn name(self, s: &Sizes) -> String {
@@ -394,6 +400,10 @@ impl Workload {
             Workload::WriteFile => format!("1-byte writes to a file ({})", s.writes),
             Workload::WriteSocket => format!("1-byte writes to a TCP socket ({})", s.writes),
             Workload::Cpu => "CPU-bound fixed work (hash loop)".to_string(),
+            Workload::Switch => format!(
+                "context switches ({} pipe round trips between two threads)",
+                s.switches
+            ),
         }
     }
 
@@ -404,6 +414,7 @@ impl Workload {
             Workload::Connect => s.connects,
             Workload::WriteFile | Workload::WriteSocket => s.writes,
             Workload::Cpu => 1,
+            Workload::Switch => s.switches,
         }
     }
 
@@ -414,6 +425,7 @@ impl Workload {
             Workload::WriteFile => "write file",
             Workload::WriteSocket => "write socket",
             Workload::Cpu => "CPU-bound",
+            Workload::Switch => "context switch",
         }
     }
 
@@ -444,6 +456,7 @@ impl Workload {
                     c.write_all(b"x")?;
                 }
             }
+            Workload::Switch => ping_pong(s.switches)?,
             Workload::Cpu => {
                 let mut x: u64 = 0x9e3779b97f4a7c15;
                 for i in 0..s.cpu_iters {
@@ -456,6 +469,31 @@ impl Workload {
         }
         Ok(t.elapsed().as_secs_f64())
     }
+}
+
+/// `n` round trips of one byte between this thread and another over two pipes: each side
+/// blocks until the other writes, so every trip switches threads at least twice (the
+/// rounding-mode hook runs at each).
+fn ping_pong(n: u64) -> Result<()> {
+    use std::io::Read;
+    let (mut to_r, mut to_w) = std::io::pipe()?;
+    let (mut back_r, mut back_w) = std::io::pipe()?;
+    let peer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            to_r.read_exact(&mut b)?;
+            back_w.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        to_w.write_all(b"x")?;
+        back_r.read_exact(&mut b)?;
+    }
+    peer.join()
+        .map_err(|_| anyhow::anyhow!("the ping-pong thread panicked"))??;
+    Ok(())
 }
 
 /// What every part needs.

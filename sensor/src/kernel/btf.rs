@@ -320,7 +320,9 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             assert!(btf.member_offset("fpu", "fpstate").unwrap() > 0);
             let regs = btf.member_offset("fpstate", "regs").unwrap();
-            let mxcsr = btf.member_offset("fpstate", "regs.xsave.i387.mxcsr").unwrap();
+            let mxcsr = btf
+                .member_offset("fpstate", "regs.xsave.i387.mxcsr")
+                .unwrap();
             assert_eq!(mxcsr, regs + 24);
         }
     }
