@@ -31,6 +31,9 @@ pub mod map {
     /// Rounding modes seen at context switch, per thread ([`crate::FpuThread`]), for the
     /// threads that ever showed a non-default one.
     pub const FPU_THREADS: &str = "FPU_THREADS";
+    /// Pool addresses and networks (LPM trie keyed by [`crate::PoolAddr`], value: the id of
+    /// the list entry), matched at every connect.
+    pub const POOL_ADDRS: &str = "POOL_ADDRS";
 }
 
 /// Names of the read-only globals the loader sets before loading.
@@ -104,6 +107,9 @@ pub mod kind {
     pub const PAYLOAD: u32 = 5;
     /// A followed TCP connection closed: user space drops what it kept for it.
     pub const CLOSE: u32 = 6;
+    /// A connect to an address on a pool list ([`crate::ConnectEvent`] layout, with the list
+    /// entry's id in `error`), on the decisive ring.
+    pub const POOL_CONNECT: u32 = 7;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -136,8 +142,10 @@ pub mod stat {
     /// A thread showed a non-default rounding mode but `FPU_THREADS` was full: it is not
     /// counted until user space frees entries.
     pub const FPU_THREADS_FULL: u32 = 14;
+    /// A connect to a listed pool address could not be reported (decisive ring full).
+    pub const RINGBUF_FULL_POOL: u32 = 15;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -156,6 +164,7 @@ pub mod stat {
         "payload_blank_capped",
         "payload_budget_dropped",
         "fpu_threads_full",
+        "ringbuf_full_pool",
     ];
 }
 
@@ -213,6 +222,13 @@ const _: () = assert!(size_of::<FpuThread>() == 48);
 
 /// Most threads followed by the rounding-mode hook; more are counted as `fpu_threads_full`.
 pub const FPU_THREADS_MAX: u32 = 16384;
+
+/// Most entries of `POOL_ADDRS` (addresses and networks of every pool list together).
+pub const POOL_ADDRS_MAX: u32 = 65536;
+
+/// The address part of a `POOL_ADDRS` key: IPv6, with IPv4 as IPv4-mapped (`::ffff:a.b.c.d`,
+/// a /24 there being a /120), so one trie holds both.
+pub type PoolAddr = [u8; 16];
 
 /// `ExecEvent::flags`: argv was longer than [`ARGV_CAP`].
 pub const EXEC_ARGV_TRUNCATED: u32 = 1;
@@ -299,7 +315,8 @@ pub struct ConnectEvent {
     pub hdr: EventHeader,
     /// The socket's cookie (unique for the boot).
     pub cookie: u64,
-    /// 0, or the errno (positive) a TCP connect failed with.
+    /// 0, or the errno (positive) a TCP connect failed with. In a
+    /// [`kind::POOL_CONNECT`] record: the id of the pool-list entry that matched.
     pub error: u32,
     /// AF_INET (2) or AF_INET6 (10).
     pub family: u16,

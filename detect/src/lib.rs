@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod indicators;
+pub mod intel;
 pub mod rounding;
 pub mod saturation;
 pub mod stratum;
@@ -72,6 +73,7 @@ pub mod code {
     pub const CPU_SATURATION: &str = "cpu_saturation";
     pub const MINER_PORT: &str = "miner_port";
     pub const RANDOMX: &str = "randomx_fingerprint";
+    pub const POOL_INTEL: &str = "pool_intel";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -102,6 +104,15 @@ pub enum Finding {
     MinerPort {
         peer: SocketAddr,
     },
+    /// A connection to an address, or a command line naming a host, on a pool list.
+    PoolIntel {
+        /// What was on the list: the address connected to, or the host named.
+        what: PoolSighting,
+        /// The list entry that matched (`198.51.100.0/24`, `pool.example.org`).
+        entry: String,
+        /// The list it is on (`bundled`, or the feed's path).
+        source: String,
+    },
     /// A thread whose context switches show RandomX's use of the rounding modes
     /// ([`rounding::Verdict::RandomX`]), over `secs`; `threads` of the process showed it.
     RandomxFingerprint {
@@ -110,6 +121,14 @@ pub enum Finding {
         secs: u64,
         threads: usize,
     },
+}
+
+/// How a process met a listed pool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolSighting {
+    Connect(SocketAddr),
+    /// Named on its command line.
+    Cmdline(String),
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -185,6 +204,22 @@ impl Finding {
                 code::MINER_PORT,
                 10,
                 format!("connection to {peer}, a port mining pools commonly use"),
+            ),
+            Finding::PoolIntel {
+                what,
+                entry,
+                source,
+            } => (
+                code::POOL_INTEL,
+                45,
+                match what {
+                    PoolSighting::Connect(peer) => {
+                        format!("connection to {peer}, on the pool list {source} as {entry}")
+                    }
+                    PoolSighting::Cmdline(host) => {
+                        format!("command line names {host}, on the pool list {source} as {entry}")
+                    }
+                },
             ),
             Finding::RandomxFingerprint {
                 tid,

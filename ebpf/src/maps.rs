@@ -3,10 +3,11 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use minerwatch_common::{
-    ExecEvent, FPU_THREADS_MAX, FpuThread, PayloadBudget, PayloadEvent, SockState, stat,
+    ExecEvent, FPU_THREADS_MAX, FpuThread, POOL_ADDRS_MAX, PayloadBudget, PayloadEvent, PoolAddr,
+    SockState, stat,
 };
 
 /// Lifecycle events (exec, fork, exit, connect, close). 8 MiB absorbs a burst of tens of
@@ -48,6 +49,11 @@ pub static HW_INSNS: HashMap<u32, u64> = HashMap::with_max_entries(32768, 0);
 /// and pruned by user space (entries of exited threads are removed there).
 #[map]
 pub static FPU_THREADS: HashMap<u32, FpuThread> = HashMap::with_max_entries(FPU_THREADS_MAX, 0);
+
+/// Pool addresses and networks from the pool lists, written by user space (entry id as the
+/// value). Looked up at every connect.
+#[map]
+pub static POOL_ADDRS: LpmTrie<PoolAddr, u32> = LpmTrie::with_max_entries(POOL_ADDRS_MAX, 0);
 
 /// Scratch space to build an `ExecEvent` (too large for the 512-byte stack); only the used
 /// part is copied into the ring.

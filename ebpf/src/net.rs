@@ -9,6 +9,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     macros::{btf_tracepoint, cgroup_sock_addr},
+    maps::lpm_trie::Key,
     programs::{BtfTracePointContext, SockAddrContext},
 };
 use minerwatch_common::{
@@ -17,7 +18,7 @@ use minerwatch_common::{
 };
 
 use crate::{
-    maps::{EVENTS, SOCKS, socks_ptr},
+    maps::{EVENTS, EVENTS_HI, POOL_ADDRS, SOCKS, socks_ptr},
     util::{count, current, header, kread, lazy_wakeup, offsets},
 };
 
@@ -137,6 +138,11 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
         return Ok(());
     }
     let (dport, daddr) = destination::<FAMILY>(ctx);
+    let proto = if ty == SOCK_DGRAM {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    };
     let mut fresh = SockState {
         // SAFETY: helpers allowed for sock_addr programs.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -148,6 +154,7 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
         daddr,
         ..SockState::default()
     };
+    pool_check(tid, &fresh, proto);
     if ty == SOCK_DGRAM {
         // A connected UDP socket (resolvers connect theirs): reported now, nothing followed.
         let ev = connect_event(tgid, tid, &fresh, PROTO_UDP, 0, 0);
@@ -165,6 +172,33 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
     // SAFETY: storage of this socket, under the socket lock in the connect path.
     unsafe { *st = fresh };
     Ok(())
+}
+
+/// Reports a connect to an address on a pool list, on the decisive ring: one trie lookup
+/// per connect, and a record only for the few that match.
+#[inline(always)]
+fn pool_check(tid: u32, st: &SockState, proto: u8) {
+    let mut addr = st.daddr;
+    let mut bits = 128;
+    if st.family == AF_INET {
+        // IPv4-mapped: ::ffff:a.b.c.d
+        addr = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ];
+    } else if st.family != AF_INET6 {
+        bits = 0;
+    }
+    if bits == 0 {
+        return;
+    }
+    let Some(&entry) = POOL_ADDRS.get(Key::new(bits, addr)) else {
+        return;
+    };
+    let mut ev = connect_event(st.tgid, tid, st, proto, 0, entry);
+    ev.hdr.kind = kind::POOL_CONNECT;
+    if EVENTS_HI.output::<ConnectEvent>(&ev, 0).is_err() {
+        count(stat::RINGBUF_FULL_POOL);
+    }
 }
 
 fn on_sendmsg<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
@@ -195,6 +229,7 @@ fn on_sendmsg<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
     st.family = family;
     st.dport = dport;
     st.daddr = daddr;
+    pool_check(tid, st, PROTO_UDP);
     let ev = connect_event(tgid, tid, st, PROTO_UDP, CONNECT_UNCONNECTED_SEND, 0);
     EVENTS
         .output::<ConnectEvent>(&ev, lazy_wakeup())

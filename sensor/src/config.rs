@@ -55,6 +55,10 @@ pub struct FileConfig {
     pub spool_dir: Option<String>,
     pub spool_max_mb: Option<u64>,
     pub heartbeat_interval: Option<u64>,
+    /// Operator pool lists (domains, addresses, networks), reloaded on SIGHUP and change.
+    pub pool_feeds: Option<Vec<String>>,
+    /// Use the pool list that ships with minerwatch (default true).
+    pub bundled_pools: Option<bool>,
 }
 
 impl FileConfig {
@@ -98,6 +102,8 @@ impl FileConfig {
             spool_dir: over.spool_dir.or(self.spool_dir),
             spool_max_mb: over.spool_max_mb.or(self.spool_max_mb),
             heartbeat_interval: over.heartbeat_interval.or(self.heartbeat_interval),
+            pool_feeds: over.pool_feeds.or(self.pool_feeds),
+            bundled_pools: over.bundled_pools.or(self.bundled_pools),
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct Config {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub heartbeat_interval: Duration,
+    pub pool_feeds: Vec<PathBuf>,
+    pub bundled_pools: bool,
 }
 
 impl Config {
@@ -280,6 +288,13 @@ impl Config {
             spool_dir: PathBuf::from(f.spool_dir.as_deref().unwrap_or(DEFAULT_SPOOL_DIR)),
             spool_max_bytes: spool_mb << 20,
             heartbeat_interval: Duration::from_secs(heartbeat),
+            pool_feeds: f
+                .pool_feeds
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            bundled_pools: f.bundled_pools.unwrap_or(true),
         })
     }
 }

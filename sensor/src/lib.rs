@@ -8,6 +8,7 @@ pub mod api;
 pub mod check;
 pub mod config;
 pub mod enrich;
+pub mod intel;
 pub mod kernel;
 pub mod output;
 pub mod pipeline;

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the sensor in the foreground; alerts are printed as they are raised.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check kernel, BTF, privileges and which hooks can attach, then exit.
     Check {
         /// Print the report as JSON.
@@ -144,6 +144,13 @@ struct RunArgs {
     /// This sensor's private key (PEM).
     #[arg(long, value_name = "PATH")]
     tls_key: Option<String>,
+    /// A pool list of the operator's: domains, addresses, networks, one per line (plain or
+    /// committee-style `address,port,...`); repeatable. Reloaded on SIGHUP and on change.
+    #[arg(long = "pool-feed", value_name = "PATH")]
+    pool_feeds: Vec<String>,
+    /// Do not use the pool list that ships with minerwatch.
+    #[arg(long)]
+    no_bundled_pools: bool,
 }
 
 impl RunArgs {
@@ -177,6 +184,8 @@ impl RunArgs {
             spool_dir: self.spool_dir.clone(),
             spool_max_mb: self.spool_max_mb,
             heartbeat_interval: self.heartbeat_interval,
+            pool_feeds: (!self.pool_feeds.is_empty()).then(|| self.pool_feeds.clone()),
+            bundled_pools: self.no_bundled_pools.then_some(false),
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }
@@ -237,7 +246,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run(args) => match run(args) {
+        Cmd::Run(args) => match run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("minerwatch: {e:#}");

@@ -71,6 +71,9 @@ pub struct Connect {
     pub ret: i32,
     /// A datagram sent without connecting (`sendto` on an unconnected UDP socket).
     pub unconnected: bool,
+    /// Open before the sensor started: found in /proc, not reported by a hook (so the
+    /// in-kernel pool match never saw it).
+    pub preexisting: bool,
 }
 
 impl Connect {
@@ -113,8 +116,18 @@ pub enum Event {
     Fork(Fork),
     Exit(Meta),
     Connect(Connect),
+    /// A connect to an address on a pool list, matched in the kernel.
+    PoolHit(PoolHit),
     Payload(Payload),
     Close(Close),
+}
+
+/// A connect whose destination is on a pool list: the connect, and the id of the list entry
+/// that matched (see `intel::PoolLists`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolHit {
+    pub connect: Connect,
+    pub entry: u32,
 }
 
 impl Event {
@@ -125,6 +138,7 @@ impl Event {
             Event::Fork(f) => &f.meta,
             Event::Exit(m) => m,
             Event::Connect(c) => &c.meta,
+            Event::PoolHit(h) => &h.connect.meta,
             Event::Payload(p) => &p.meta,
             Event::Close(c) => &c.meta,
         }
@@ -229,21 +243,35 @@ impl TryFrom<&[u8]> for Event {
                 })
             }
             kind::EXIT => Event::Exit(meta(&read::<ExitEvent>(b)?.hdr)),
-            kind::CONNECT => {
+            kind::CONNECT | kind::POOL_CONNECT => {
                 let e: ConnectEvent = read(b)?;
                 let transport = match e.proto {
                     PROTO_TCP => Transport::Tcp,
                     PROTO_UDP => Transport::Udp,
                     proto => return Err(DecodeError::UnknownProto { proto }),
                 };
-                Event::Connect(Connect {
+                let pool = hdr.kind == kind::POOL_CONNECT;
+                let connect = Connect {
                     meta: meta(&e.hdr),
                     cookie: e.cookie,
                     peer: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
                     transport,
-                    ret: -(e.error.min(i32::MAX as u32) as i32),
+                    ret: if pool {
+                        0
+                    } else {
+                        -(e.error.min(i32::MAX as u32) as i32)
+                    },
                     unconnected: e.flags & CONNECT_UNCONNECTED_SEND != 0,
-                })
+                    preexisting: false,
+                };
+                if pool {
+                    Event::PoolHit(PoolHit {
+                        connect,
+                        entry: e.error,
+                    })
+                } else {
+                    Event::Connect(connect)
+                }
             }
             kind::PAYLOAD => {
                 let fixed = size_of::<PayloadEvent>() - PAYLOAD_CAP;

@@ -8,9 +8,13 @@ pub mod loader;
 
 use std::{collections::BTreeMap, net::SocketAddr, os::fd::AsRawFd};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SkStorage};
+use aya::maps::{
+    HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, SkStorage,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
 use hashbrown::HashMap;
-use minerwatch_common::{FpuThread, PayloadBudget, SOCK_WATCH, SockState, map, stat};
+use minerwatch_common::{FpuThread, PayloadBudget, PoolAddr, SOCK_WATCH, SockState, map, stat};
+use minerwatch_detect::intel::Lists;
 use tokio::io::unix::AsyncFd;
 
 pub use events::Event;
@@ -90,6 +94,9 @@ pub struct Kernel {
     budgets: BpfHashMap<MapData, u32, PayloadBudget>,
     hw: Option<(SampleMap, SampleMap)>,
     fpu: BpfHashMap<MapData, u32, FpuThread>,
+    pools: LpmTrie<MapData, PoolAddr, u32>,
+    /// What `pools` holds now: (prefix length, address) -> entry id.
+    pool_keys: HashMap<(u32, PoolAddr), u32>,
     _bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -150,6 +157,8 @@ impl Kernel {
             samples: take(&mut ebpf, map::CPU_SAMPLES)?,
             budgets: take(&mut ebpf, map::PAYLOAD_BUDGETS)?,
             fpu: take(&mut ebpf, map::FPU_THREADS)?,
+            pools: take(&mut ebpf, map::POOL_ADDRS)?,
+            pool_keys: HashMap::new(),
             hw,
             lifecycle,
             decisive,
@@ -265,6 +274,41 @@ impl Kernel {
         for tid in tids {
             let _ = self.fpu.remove(&tid);
         }
+    }
+
+    /// Makes the kernel's pool-address trie hold the addresses and networks of `lists`:
+    /// new entries first, then the ones no longer listed, so a reload never leaves a gap.
+    /// Returns how many entries could not be written.
+    pub fn set_pools(&mut self, lists: &Lists) -> usize {
+        let mut want = HashMap::new();
+        for (addr, prefix, id) in lists.nets() {
+            // IPv4 as IPv4-mapped IPv6, as the connect hooks look it up.
+            let (bytes, bits) = match addr {
+                std::net::IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + u32::from(prefix)),
+                std::net::IpAddr::V6(a) => (a.octets(), u32::from(prefix)),
+            };
+            // The first entry for a network wins, as in `Lists::match_addr`.
+            want.entry((bits, bytes)).or_insert(id);
+        }
+        let mut failed = Vec::new();
+        for (&(bits, bytes), &id) in &want {
+            if self.pool_keys.get(&(bits, bytes)) != Some(&id)
+                && let Err(e) = self.pools.insert(&LpmKey::new(bits, bytes), id, 0)
+            {
+                tracing::warn!(reason = %e, "cannot add a pool network to the kernel's trie");
+                failed.push((bits, bytes));
+            }
+        }
+        for key in &failed {
+            want.remove(key);
+        }
+        for key in self.pool_keys.keys() {
+            if !want.contains_key(key) {
+                let _ = self.pools.remove(&LpmKey::new(key.0, key.1));
+            }
+        }
+        self.pool_keys = want;
+        failed.len()
     }
 
     /// Drops payload budgets not used for a minute (`now`: CLOCK_MONOTONIC ns). The exit

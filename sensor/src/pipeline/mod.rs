@@ -72,6 +72,10 @@ struct Counters {
     decode_errors: u64,
     alerts: u64,
     reconciled: u64,
+    /// Pool-feed reloads refused (a bad or unreadable feed; the lists in force stayed).
+    pool_feed_errors: u64,
+    /// Pool-feed reloads that went into force.
+    pool_reloads: u64,
 }
 
 pub struct Pipeline {
@@ -240,7 +244,7 @@ impl Pipeline {
                 let at = self.wall(c.meta.ktime_ns);
                 self.activity(at, |_| convert::connect(c));
             }
-            Event::Payload(_) | Event::Close(_) => {}
+            Event::PoolHit(_) | Event::Payload(_) | Event::Close(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.
@@ -323,6 +327,23 @@ impl Pipeline {
             },
             preexisting: false,
         }
+    }
+
+    /// The pool lists in force, for the signals that match against them.
+    pub fn set_intel(&mut self, lists: &Arc<minerwatch_detect::intel::Lists>) {
+        for s in &mut self.signals {
+            s.on_intel(lists);
+        }
+    }
+
+    /// A reload of the pool feeds was refused.
+    pub fn intel_refused(&mut self) {
+        self.counters.pool_feed_errors += 1;
+    }
+
+    /// The pool lists were reloaded (and given to the signals with [`Pipeline::set_intel`]).
+    pub fn intel_reloaded(&mut self) {
+        self.counters.pool_reloads += 1;
     }
 
     /// Once a second: CPU shares and every signal's tick.
@@ -436,6 +457,8 @@ impl Pipeline {
             ("decode_errors", self.counters.decode_errors),
             ("alerts", self.counters.alerts),
             ("reconciled", self.counters.reconciled),
+            ("pool_feed_errors", self.counters.pool_feed_errors),
+            ("pool_reloads", self.counters.pool_reloads),
         ]);
         for s in &self.signals {
             s.counters(&self.table, &mut c);

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use minerwatch_detect::intel::Lists;
 use tokio::{sync::watch, task::JoinSet};
 
 use super::{Pipeline, monotonic_ns};
@@ -13,6 +14,7 @@ use crate::{
     api::{self, Publisher, SensorState},
     config::Config,
     enrich::proc as procfs,
+    intel::Feeds,
     kernel::{
         Event, Kernel, KernelError, Ring,
         events::{Connect, Meta, Transport},
@@ -33,6 +35,8 @@ pub enum RunError {
     Spool(#[from] push::spool::SpoolError),
     #[error(transparent)]
     Collector(#[from] push::client::PushError),
+    #[error(transparent)]
+    Intel(#[from] crate::intel::IntelError),
 }
 
 impl From<crate::kernel::LoadError> for RunError {
@@ -67,9 +71,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     // Everything that can fail on bad settings or a busy socket fails before the hooks load.
+    let mut feeds = Feeds::open(&cfg)?;
     let mut publisher = edges(&cfg, &stop_rx, &mut tasks).await?;
     let mut kernel = Kernel::open(cfg.cpu_sample_hz, cfg.bpf_stats)?;
     report_hooks(&kernel);
+    pools_to_kernel(&mut kernel, &feeds.lists());
     // Loading parsed the kernel's BTF twice (ours for offsets, aya's for relocations): give
     // the freed heap back instead of carrying it for the sensor's whole life.
     // SAFETY: no preconditions.
@@ -80,6 +86,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     let known = procfs::scan(Path::new("/proc"));
     let conns = watch_existing(&mut kernel);
     let mut p = Pipeline::new(cfg, known, publisher, out);
+    p.set_intel(&feeds.lists());
+    tracing::info!(
+        entries = feeds.lists().len(),
+        sources = feeds.sources(),
+        "pool lists loaded"
+    );
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     ready(&mut p, &kernel, conns.len(), started);
     p.start(conns);
 
@@ -124,7 +137,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 };
                 drain.as_mut().reset(tokio::time::Instant::now() + drain_wait);
             }
+            _ = hangup.recv() => reload_pools(&mut feeds, &mut kernel, &mut p, "SIGHUP"),
             _ = second.tick() => {
+                if feeds.changed() {
+                    reload_pools(&mut feeds, &mut kernel, &mut p, "a feed changed");
+                }
                 let mut cpu = kernel.cpu_totals();
                 // Processes gone since the last two ticks (one may have been sampled after it
                 // was read): their sample entries go, and they are not judged again. Only
@@ -192,6 +209,34 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     drain_all(&mut kernel, &mut p);
     stop(&mut p, &kernel, reason, started, stop_tx, tasks).await;
     Ok(())
+}
+
+/// Writes the addresses and networks of `lists` into the kernel's trie.
+fn pools_to_kernel(kernel: &mut Kernel, lists: &Lists) {
+    let failed = kernel.set_pools(lists);
+    if failed > 0 {
+        tracing::error!(
+            failed,
+            "some pool networks could not be written to the kernel: connects to them are matched only by name"
+        );
+    }
+}
+
+/// Loads the pool feeds again: the new lists go into force everywhere at once, or, when a
+/// feed is bad, none of it does and the lists in force stay.
+fn reload_pools(feeds: &mut Feeds, kernel: &mut Kernel, p: &mut Pipeline, why: &str) {
+    match feeds.reload() {
+        Ok(lists) => {
+            pools_to_kernel(kernel, &lists);
+            p.set_intel(&lists);
+            p.intel_reloaded();
+            tracing::info!(entries = lists.len(), why, "pool lists reloaded");
+        }
+        Err(e) => {
+            p.intel_refused();
+            tracing::error!(reason = %e, why, "pool feed refused; the previous lists stay in force");
+        }
+    }
 }
 
 /// Drains the lifecycle ring, then the decisive one, a batch each; returns how many records.
@@ -317,6 +362,7 @@ fn watch_existing(kernel: &mut Kernel) -> Vec<Event> {
                 transport: Transport::Tcp,
                 ret: 0,
                 unconnected: false,
+                preexisting: true,
             }));
         }
     }

@@ -9,14 +9,15 @@
 //! [`REGISTRY`]. Nothing else in the pipeline changes.
 mod cpu;
 mod first_bytes;
+mod pool;
 mod port;
 mod rounding;
 mod shape;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use minerwatch_common::FpuThread;
-use minerwatch_detect::Finding;
+use minerwatch_detect::{Finding, intel::Lists};
 
 use super::process::{ProcessKey, Table, Tracked};
 use crate::{
@@ -56,6 +57,9 @@ pub trait Signal: Send {
     /// Once a second, over the whole table.
     fn on_tick(&mut self, _tick: &Tick<'_>, _table: &mut Table, _out: &mut Vec<Found>) {}
 
+    /// The pool lists in force: at start, and after each reload.
+    fn on_intel(&mut self, _lists: &Arc<Lists>) {}
+
     /// `key` is gone. Per-process state in [`Tracked`] is already dropped with it.
     fn forget(&mut self, _key: ProcessKey) {}
 
@@ -79,6 +83,7 @@ pub const REGISTRY: &[NewSignal] = &[
     first_bytes::new,
     cpu::new,
     rounding::new,
+    pool::new,
 ];
 
 /// The signals for `cfg`.

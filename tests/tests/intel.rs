@@ -1,0 +1,220 @@
+//! Pool intelligence, the way an operator runs it: a feed of pool addresses given with
+//! `--pool-feed`, matched in the kernel at connect (and in user space for a connection older
+//! than the sensor); the bundled list of pool names matched against command lines; a feed
+//! edited while the sensor runs, reloaded on SIGHUP or on change, and a broken edit refused
+//! with the old lists kept. Loopback only: 127.0.0.0/8 stands in for pool addresses.
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use minerwatch_tests::{
+    Proc, Sensor, has_reason, listener_on, root_or_skip, scratch, sensor_bin, severity_rank,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
+
+fn client(args: &[&str]) -> Proc {
+    Proc::spawn(
+        Command::new(CLIENT)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    )
+}
+
+fn detail<'a>(alert: &'a serde_json::Value, code: &str) -> &'a str {
+    alert["reasons"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["code"] == code))
+        .and_then(|r| r["detail"].as_str())
+        .unwrap_or_else(|| panic!("no {code} reason in {alert}"))
+}
+
+/// Waits until `text` shows up `n` times in the sensor's log.
+fn wait_log(s: &Sensor, text: &str, n: usize) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while s.stderr_text().matches(text).count() < n {
+        assert!(
+            Instant::now() < end,
+            "{text:?} not logged {n} times within 10 s:\n{}",
+            s.stderr_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rewrites `path` so its modification time surely differs from the last write.
+fn rewrite(path: &Path, text: &str) {
+    let before = fs::metadata(path).and_then(|m| m.modified()).ok();
+    loop {
+        fs::write(path, text).expect("write the feed");
+        if fs::metadata(path).and_then(|m| m.modified()).ok() != before {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn feeds_flag_connects_and_command_lines_and_reload_safely() {
+    if !root_or_skip("feeds_flag_connects_and_command_lines_and_reload_safely") {
+        return;
+    }
+    let dir = scratch("intel");
+    let feed = dir.join("pools.csv");
+    // Committee-style: a header, then address,port,first seen.
+    fs::write(&feed, "ip,port,first_seen\n127.0.0.2,3333,2026-11-30\n").unwrap();
+    let (_l2, pool2) = listener_on("127.0.0.2:0");
+    let (_l3, pool3) = listener_on("127.0.0.3:0");
+
+    // A connection that predates the sensor: matched from /proc at start.
+    let mut old = Command::new(CLIENT);
+    old.args(["hold", &pool2])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let old = Proc::spawn(&mut old);
+    thread::sleep(Duration::from_millis(300));
+
+    let feed_arg = feed.to_str().unwrap();
+    let mut s = Sensor::start("intel", &["--pool-feed", feed_arg, "--stats-interval", "1"]);
+    let a = s
+        .wait_alert(old.pid(), "pool_intel", Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "connection from before the start not flagged:\n{}",
+                s.stderr_text()
+            )
+        });
+    assert!(detail(&a, "pool_intel").contains(&pool2), "{a}");
+    assert_eq!(a["severity"], "medium", "{a}");
+    drop(old);
+
+    // A new connect, matched in the kernel: the evidence names the address, the entry and
+    // the feed it came from.
+    let c = client(&["connect", &pool2]);
+    let a = s
+        .wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
+        .expect("connect to a listed address flagged");
+    let d = detail(&a, "pool_intel");
+    assert!(
+        d.contains(&format!("connection to {pool2}"))
+            && d.contains(feed_arg)
+            && d.contains("as 127.0.0.2"),
+        "{d}"
+    );
+    assert!(
+        severity_rank(&a["severity"]) < 3,
+        "a list alone is not high: {a}"
+    );
+
+    // An address not listed.
+    let c = client(&["connect", &pool3]);
+    let pid = c.pid();
+    c.wait();
+    s.settled(pid, Duration::from_secs(10));
+    assert!(
+        !s.alerts_for(pid)
+            .iter()
+            .any(|a| has_reason(a, "pool_intel")),
+        "{:?}",
+        s.alerts_for(pid)
+    );
+
+    // A command line naming a pool on the bundled list, whatever it connects to.
+    let c = client(&["connect", &pool3, "-o", "Pool.SupportXMR.com:443"]);
+    let a = s
+        .wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
+        .expect("command line naming a bundled pool flagged");
+    let d = detail(&a, "pool_intel");
+    assert!(
+        d.contains("command line names pool.supportxmr.com") && d.contains("bundled"),
+        "{d}"
+    );
+
+    // A broken edit, then SIGHUP: refused, said so with the line, and the old list stays.
+    rewrite(&feed, "127.0.0.2\n127.0.0.3\nnot a pool!\n");
+    let sensor_pid = s.ready["sensor_pid"].as_u64().unwrap() as i32;
+    // SAFETY: plain kill(2) on the sensor this test started.
+    unsafe { libc::kill(sensor_pid, libc::SIGHUP) };
+    wait_log(&s, "pool feed refused", 1);
+    assert!(s.stderr_text().contains("line 3"), "{}", s.stderr_text());
+    let c = client(&["connect", &pool2]);
+    s.wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
+        .expect("the old list still in force after a refused reload");
+    let c = client(&["connect", &pool3]);
+    let pid = c.pid();
+    c.wait();
+    s.settled(pid, Duration::from_secs(10));
+    assert!(
+        !s.alerts_for(pid)
+            .iter()
+            .any(|a| has_reason(a, "pool_intel"))
+    );
+    assert!(s.status()["counters"]["pool_feed_errors"].as_u64() >= Some(1));
+
+    // A good edit, noticed without a signal: the new entry matches, the dropped one no
+    // longer does.
+    rewrite(&feed, "127.0.0.3/32\n");
+    let end = Instant::now() + Duration::from_secs(10);
+    while s.status()["counters"]["pool_reloads"].as_u64() != Some(1) {
+        assert!(
+            Instant::now() < end,
+            "no reload within 10 s of the edit:\n{}",
+            s.stderr_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let c = client(&["connect", &pool3]);
+    s.wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
+        .expect("an entry added by a reload matches");
+    let c = client(&["connect", &pool2]);
+    let pid = c.pid();
+    c.wait();
+    s.settled(pid, Duration::from_secs(10));
+    assert!(
+        !s.alerts_for(pid)
+            .iter()
+            .any(|a| has_reason(a, "pool_intel")),
+        "an entry removed by a reload still matches: {:?}",
+        s.alerts_for(pid)
+    );
+}
+
+#[test]
+fn a_bad_feed_stops_the_start_naming_file_and_line() {
+    if !root_or_skip("a_bad_feed_stops_the_start_naming_file_and_line") {
+        return;
+    }
+    let dir = scratch("intel-bad");
+    let feed = dir.join("feed.txt");
+    fs::write(&feed, "pool.example.org\n\n10.0.0.0/40\n").unwrap();
+    let out = Command::new(sensor_bin())
+        .args(["run", "--no-terminal", "--pool-feed"])
+        .arg(&feed)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(feed.to_str().unwrap()) && err.contains("line 3") && err.contains("prefix"),
+        "{err}"
+    );
+    let missing = dir.join("absent.txt");
+    let out = Command::new(sensor_bin())
+        .args(["run", "--no-terminal", "--pool-feed"])
+        .arg(&missing)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot read pool feed") && err.contains("absent.txt"),
+        "{err}"
+    );
+}
