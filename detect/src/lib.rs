@@ -6,6 +6,7 @@
 //! appears or the severity rises, never once a second.
 #![forbid(unsafe_code)]
 
+pub mod fanout;
 pub mod indicators;
 pub mod intel;
 pub mod rounding;
@@ -74,6 +75,7 @@ pub mod code {
     pub const MINER_PORT: &str = "miner_port";
     pub const RANDOMX: &str = "randomx_fingerprint";
     pub const POOL_INTEL: &str = "pool_intel";
+    pub const LATERAL_SCAN: &str = "lateral_scan";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -113,6 +115,8 @@ pub enum Finding {
         /// The list it is on (`bundled`, or the feed's path).
         source: String,
     },
+    /// Many distinct addresses tried on the ports worms spread through.
+    LateralScan(fanout::Scan),
     /// A thread whose context switches show RandomX's use of the rounding modes
     /// ([`rounding::Verdict::RandomX`]), over `secs`; `threads` of the process showed it.
     RandomxFingerprint {
@@ -221,6 +225,21 @@ impl Finding {
                     }
                 },
             ),
+            Finding::LateralScan(scan) => (
+                code::LATERAL_SCAN,
+                15,
+                format!(
+                    "tried {} addresses on port {} within {}, as worms spreading from a mining \
+                     node do",
+                    scan.targets,
+                    scan.ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    human_secs(scan.secs.max(1))
+                ),
+            ),
             Finding::RandomxFingerprint {
                 tid,
                 counts: c,
@@ -254,10 +273,15 @@ impl Finding {
 }
 
 /// Reasons that are normal on HPC nodes: running from /tmp or scratch, sustained CPU, a
-/// port pools also use. However many of them a process has, together they weigh at most
+/// port pools also use, fan-out to many hosts. However many of them a process has, together they weigh at most
 /// [`WEAK_CAP`], below medium: only a miner-specific reason (Stratum, the fingerprint, a
 /// miner command line, ...) takes an alert to medium and above.
-pub const WEAK: &[&str] = &[code::EXE_LOCATION, code::CPU_SATURATION, code::MINER_PORT];
+pub const WEAK: &[&str] = &[
+    code::EXE_LOCATION,
+    code::CPU_SATURATION,
+    code::MINER_PORT,
+    code::LATERAL_SCAN,
+];
 /// The most that [`WEAK`] reasons add up to.
 pub const WEAK_CAP: u32 = 29;
 

@@ -163,6 +163,21 @@ fn main() {
             }
             for _ in lines {}
         }
+        "fanout" => {
+            // One attempt on PORT at each of N loopback addresses from 127.0.0.2 up, as a worm
+            // looking for SSH or Redis does: refused or not, then on to the next.
+            let port: u16 = arg(2).parse().expect("port");
+            let n: u32 = arg(3).parse().expect("count");
+            for i in 0..n {
+                let ip = std::net::Ipv4Addr::from(0x7f00_0002 + i);
+                let _ = TcpStream::connect_timeout(
+                    &SocketAddr::from((ip, port)),
+                    Duration::from_millis(200),
+                );
+            }
+            // Lives on a moment, so the sensor can still read it from /proc.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         "bytewise" => {
             // One byte per packet: TCP_NODELAY and a pause, so autocorking cannot merge them.
             let s = TcpStream::connect(addr(2)).expect("connect");

@@ -8,6 +8,7 @@
 //! Adding a signal: a new file here with a type that implements [`Signal`], and its row in
 //! [`REGISTRY`]. Nothing else in the pipeline changes.
 mod cpu;
+mod fanout;
 mod first_bytes;
 mod pool;
 mod port;
@@ -84,6 +85,7 @@ pub const REGISTRY: &[NewSignal] = &[
     cpu::new,
     rounding::new,
     pool::new,
+    fanout::new,
 ];
 
 /// The signals for `cfg`.
