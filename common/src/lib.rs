@@ -110,6 +110,8 @@ pub mod kind {
     /// A connect to an address on a pool list ([`crate::ConnectEvent`] layout, with the list
     /// entry's id in `error`), on the decisive ring.
     pub const POOL_CONNECT: u32 = 7;
+    /// A write to a huge-page sysctl ([`crate::SysctlEvent`]), on the decisive ring.
+    pub const SYSCTL: u32 = 8;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -144,8 +146,10 @@ pub mod stat {
     pub const FPU_THREADS_FULL: u32 = 14;
     /// A connect to a listed pool address could not be reported (decisive ring full).
     pub const RINGBUF_FULL_POOL: u32 = 15;
+    /// A huge-page sysctl write could not be reported (decisive ring full).
+    pub const RINGBUF_FULL_SYSCTL: u32 = 16;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -165,6 +169,7 @@ pub mod stat {
         "payload_budget_dropped",
         "fpu_threads_full",
         "ringbuf_full_pool",
+        "ringbuf_full_sysctl",
     ];
 }
 
@@ -340,6 +345,27 @@ pub const PAYLOAD_LAST: u32 = 2;
 /// `PayloadEvent::flags`: every byte of the stream before this record was whitespace, not
 /// sent up: a jump in `offset` is not a loss.
 pub const PAYLOAD_AFTER_BLANK: u32 = 4;
+
+/// Bytes of a sysctl's name a [`SysctlEvent`] carries (`vm/nr_overcommit_hugepages` is 26).
+pub const SYSCTL_NAME_CAP: usize = 48;
+/// Bytes of the written value it carries.
+pub const SYSCTL_VALUE_CAP: usize = 24;
+
+/// A process wrote a sysctl whose name starts with `vm/nr_` (the huge-page reservations
+/// among them): the name as /proc/sys spells it, and the value written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SysctlEvent {
+    pub hdr: EventHeader,
+    /// NUL-terminated, truncated at the cap.
+    pub name: [u8; SYSCTL_NAME_CAP],
+    /// As written (`"1280\n"`), not terminated; `value_len` bytes of it are valid.
+    pub value: [u8; SYSCTL_VALUE_CAP],
+    /// The helper's return: bytes copied, or a negative errno.
+    pub value_len: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SysctlEvent>() == 112);
 
 /// Payload a process sent on a watched TCP socket, as it left in a packet. `hdr.tgid` is the
 /// process that connected the socket (packets may leave outside its context).

@@ -12,6 +12,7 @@ pub mod intel;
 pub mod rounding;
 pub mod saturation;
 pub mod stratum;
+pub mod tuning;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +77,7 @@ pub mod code {
     pub const RANDOMX: &str = "randomx_fingerprint";
     pub const POOL_INTEL: &str = "pool_intel";
     pub const LATERAL_SCAN: &str = "lateral_scan";
+    pub const MINER_TUNING: &str = "miner_tuning";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -115,6 +117,8 @@ pub enum Finding {
         /// The list it is on (`bundled`, or the feed's path).
         source: String,
     },
+    /// The node tuned the way a RandomX miner wants it: MSRs made writable, huge pages.
+    MinerTuning(tuning::Tuning),
     /// Many distinct addresses tried on the ports worms spread through.
     LateralScan(fanout::Scan),
     /// A thread whose context switches show RandomX's use of the rounding modes
@@ -225,6 +229,21 @@ impl Finding {
                     }
                 },
             ),
+            Finding::MinerTuning(t) => match t {
+                tuning::Tuning::Msr(what) => (
+                    code::MINER_TUNING,
+                    40,
+                    format!(
+                        "{what}: makes model-specific registers writable, as XMRig's MSR mod \
+                         does to speed up RandomX"
+                    ),
+                ),
+                tuning::Tuning::HugePages(what) => (
+                    code::MINER_TUNING,
+                    20,
+                    format!("{what}: reserves huge pages, which RandomX wants"),
+                ),
+            },
             Finding::LateralScan(scan) => (
                 code::LATERAL_SCAN,
                 15,

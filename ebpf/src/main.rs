@@ -13,6 +13,7 @@ mod maps;
 mod net;
 mod payload;
 mod proc;
+mod sysctl;
 mod util;
 
 #[cfg(not(test))]

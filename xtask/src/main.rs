@@ -71,6 +71,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("npm", "npm"),           // `npm pack` fetches the XMRig the real-miner test runs
     ("auditd", "auditctl"),   // the benchmark compares against auditd...
     ("bpftrace", "bpftrace"), // ...and against a bpftrace script
+    ("procps", "sysctl"),     // the tuning test reserves huge pages through sysctl(8)
 ];
 
 fn root() -> PathBuf {

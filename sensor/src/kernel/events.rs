@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
     EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP,
-    PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, kind,
+    PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, SysctlEvent, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -120,6 +120,18 @@ pub enum Event {
     PoolHit(PoolHit),
     Payload(Payload),
     Close(Close),
+    /// A write of a `vm/nr_*` sysctl.
+    Sysctl(Sysctl),
+}
+
+/// A process wrote a sysctl (only `vm/nr_*` ones are reported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    pub meta: Meta,
+    /// As /proc/sys spells it: `vm/nr_hugepages`.
+    pub name: String,
+    /// The value written, trimmed; empty when the kernel could not say.
+    pub value: String,
 }
 
 /// A connect whose destination is on a pool list: the connect, and the id of the list entry
@@ -141,6 +153,7 @@ impl Event {
             Event::PoolHit(h) => &h.connect.meta,
             Event::Payload(p) => &p.meta,
             Event::Close(c) => &c.meta,
+            Event::Sysctl(s) => &s.meta,
         }
     }
 }
@@ -296,6 +309,15 @@ impl TryFrom<&[u8]> for Event {
                     cookie: e.cookie,
                 })
             }
+            kind::SYSCTL => {
+                let e: SysctlEvent = read(b)?;
+                let len = usize::try_from(e.value_len).unwrap_or(0).min(e.value.len());
+                Event::Sysctl(Sysctl {
+                    meta: meta(&e.hdr),
+                    name: cstr(&e.name),
+                    value: String::from_utf8_lossy(&e.value[..len]).trim().to_string(),
+                })
+            }
             kind => return Err(DecodeError::UnknownKind { kind }),
         })
     }
@@ -319,6 +341,32 @@ mod tests {
             ktime_ns: 7,
             cgroup_id: 9,
         }
+    }
+
+    #[test]
+    fn decodes_a_sysctl_write() {
+        let mut e = SysctlEvent {
+            hdr: hdr(kind::SYSCTL),
+            name: [0; minerwatch_common::SYSCTL_NAME_CAP],
+            value: [0; minerwatch_common::SYSCTL_VALUE_CAP],
+            value_len: 5,
+            _pad: 0,
+        };
+        e.name[..15].copy_from_slice(b"vm/nr_hugepages");
+        e.value[..5].copy_from_slice(b"1280\n");
+        let Ok(Event::Sysctl(s)) = Event::try_from(bytes(&e).as_slice()) else {
+            panic!("not a sysctl event");
+        };
+        assert_eq!(
+            (s.name.as_str(), s.value.as_str()),
+            ("vm/nr_hugepages", "1280")
+        );
+        // A negative length (the helper's errno) is no value, not a panic.
+        e.value_len = -7;
+        let Ok(Event::Sysctl(s)) = Event::try_from(bytes(&e).as_slice()) else {
+            panic!("not a sysctl event");
+        };
+        assert!(s.value.is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, PerfEvent, RawTracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl, PerfEvent,
+        RawTracePoint,
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -28,6 +29,8 @@ pub enum Attach {
     CgroupSockAddr(&'static str),
     /// cgroup_skb/egress on the root of the cgroup v2 tree.
     CgroupEgress,
+    /// cgroup/sysctl on the root of the cgroup v2 tree.
+    CgroupSysctl,
     /// cpu-clock perf events, one per online CPU.
     CpuClock,
     /// Hardware perf events, one per online CPU, sampled every `HW_SAMPLE_PERIOD`.
@@ -149,6 +152,14 @@ pub const HOOKS: &[Hook] = &[
         },
         purpose: "SSE rounding mode of each thread as it is switched out (RandomX fingerprint)",
         lost: "the RandomX fingerprint: a miner that hides its protocol raises at most medium",
+        optional: false,
+        fallback: None,
+    },
+    Hook {
+        program: "sysctl_write",
+        attach: Attach::CgroupSysctl,
+        purpose: "writes of vm.nr_* sysctls, with the writer (huge-page reservations)",
+        lost: "huge-page reservations written to /proc/sys (a `sysctl` command line is still seen)",
         optional: false,
         fallback: None,
     },
@@ -335,6 +346,10 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
             "cgroup_skb/egress@{}",
             cgroup2_root().unwrap_or_else(|| "?".into())
         ),
+        Attach::CgroupSysctl => format!(
+            "cgroup/sysctl@{}",
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
         Attach::CpuClock => format!("perf_event/cpu-clock@{sample_hz}Hz"),
         Attach::Hardware(e) => format!("perf_event/hardware/{e:?}"),
     };
@@ -390,7 +405,7 @@ fn try_attach(
             p.load(name, &btf).map_err(|e| chain(&e))?;
             p.attach().map_err(|e| chain(&e))?;
         }
-        Attach::CgroupSockAddr(_) | Attach::CgroupEgress => {
+        Attach::CgroupSockAddr(_) | Attach::CgroupEgress | Attach::CgroupSysctl => {
             let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
             let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
             // aya attaches through a BPF link, which coexists with other programs on the same
@@ -399,6 +414,11 @@ fn try_attach(
                 let p: &mut CgroupSkb = prog.try_into().map_err(|e| chain(&e))?;
                 p.load().map_err(|e| chain(&e))?;
                 p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                    .map_err(|e| chain(&e))?;
+            } else if let Attach::CgroupSysctl = attach {
+                let p: &mut CgroupSysctl = prog.try_into().map_err(|e| chain(&e))?;
+                p.load().map_err(|e| chain(&e))?;
+                p.attach(dir, CgroupAttachMode::Single)
                     .map_err(|e| chain(&e))?;
             } else {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(|e| chain(&e))?;

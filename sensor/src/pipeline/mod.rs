@@ -244,7 +244,7 @@ impl Pipeline {
                 let at = self.wall(c.meta.ktime_ns);
                 self.activity(at, |_| convert::connect(c));
             }
-            Event::PoolHit(_) | Event::Payload(_) | Event::Close(_) => {}
+            Event::PoolHit(_) | Event::Payload(_) | Event::Close(_) | Event::Sysctl(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.

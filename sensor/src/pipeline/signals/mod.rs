@@ -14,6 +14,7 @@ mod pool;
 mod port;
 mod rounding;
 mod shape;
+mod tuning;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -86,6 +87,7 @@ pub const REGISTRY: &[NewSignal] = &[
     rounding::new,
     pool::new,
     fanout::new,
+    tuning::new,
 ];
 
 /// The signals for `cfg`.
