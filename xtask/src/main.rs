@@ -67,11 +67,14 @@ enum BenchCmd {
 
 /// Debian packages the tests use, with a command each provides.
 const DEBIAN: &[(&str, &str)] = &[
-    ("iproute2", "ip"),       // network namespaces for the real-miner test
-    ("npm", "npm"),           // `npm pack` fetches the XMRig the real-miner test runs
-    ("auditd", "auditctl"),   // the benchmark compares against auditd...
-    ("bpftrace", "bpftrace"), // ...and against a bpftrace script
-    ("procps", "sysctl"),     // the tuning test reserves huge pages through sysctl(8)
+    ("iproute2", "ip"),         // network namespaces for the real-miner test
+    ("npm", "npm"),             // `npm pack` fetches the XMRig the real-miner test runs
+    ("auditd", "auditctl"),     // the benchmark compares against auditd...
+    ("bpftrace", "bpftrace"),   // ...and against a bpftrace script
+    ("procps", "sysctl"),       // the tuning test reserves huge pages through sysctl(8)
+    ("stress-ng", "stress-ng"), // benign workloads that must stay below medium...
+    ("openssl", "openssl"),
+    ("python3-numpy", "f2py3"), // ...NumPy on a BLAS
 ];
 
 fn root() -> PathBuf {
