@@ -133,7 +133,7 @@ fn entry(field: &str) -> Result<Entry, &'static str> {
 }
 
 /// A domain name as listed, or why it is not one.
-fn domain(s: &str) -> Result<String, &'static str> {
+pub(crate) fn domain(s: &str) -> Result<String, &'static str> {
     let s = s.strip_prefix("*.").unwrap_or(s);
     let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
     if s.len() > 253 {
@@ -297,6 +297,59 @@ pub fn hosts_in_argv(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// Words that mark a host name as a mining pool's when they make up a whole part of it
+/// (between dots, dashes and underscores): `xmr-eu.example`, `pool.example.net`.
+const POOL_WORDS: &[&str] = &[
+    "pool",
+    "pools",
+    "mine",
+    "mining",
+    "miner",
+    "miners",
+    "xmr",
+    "monero",
+    "nicehash",
+    "stratum",
+    "randomx",
+    "cryptonight",
+    "hashvault",
+    "nanopool",
+    "minexmr",
+    "moneroocean",
+    "supportxmr",
+    "2miners",
+    "f2pool",
+    "c3pool",
+    "herominers",
+    "unmineable",
+    "ethermine",
+    "xmrpool",
+];
+
+/// Names that carry those words for other reasons: the NTP pool, which every node asks for
+/// the time, and the OpenPGP key-server pool. A name under one of these is never pool-like.
+const NOT_POOLS: &[&str] = &["ntp.org", "ntppool.org", "sks-keyservers.net"];
+
+/// The pool-like word in `name`, if it has one and is not one of the known look-alikes.
+/// Weak evidence by design: `mine` and `pool` are ordinary words.
+pub fn pool_like(name: &str) -> Option<&'static str> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if NOT_POOLS
+        .iter()
+        .any(|d| name == *d || name.ends_with(&format!(".{d}")))
+    {
+        return None;
+    }
+    name.split(['.', '-', '_']).find_map(|part| {
+        POOL_WORDS
+            .iter()
+            .find(|w| part == **w)
+            .copied()
+            .or_else(|| part.starts_with("xmr").then_some("xmr"))
+            .or_else(|| part.starts_with("monero").then_some("monero"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,5 +477,23 @@ mod tests {
         // Reading a pool's web site is not mining there.
         assert!(hosts_in_argv(&argv("curl -sL https://pool.example.org/api/stats")).is_empty());
         assert!(hosts_in_argv(&argv("chromium http://pool.example.org/")).is_empty());
+    }
+
+    #[test]
+    fn pool_like_words_are_whole_parts_and_spare_the_ntp_pool() {
+        assert_eq!(pool_like("xmr-eu1.example.net"), Some("xmr"));
+        assert_eq!(pool_like("xmrpool.example"), Some("xmrpool"));
+        assert_eq!(pool_like("gulf.moneroocean.stream"), Some("moneroocean"));
+        assert_eq!(pool_like("pool.example.org."), Some("pool"));
+        assert_eq!(pool_like("moneroworld.example"), Some("monero"));
+        // Parts, not substrings.
+        assert_eq!(pool_like("threadpool.example.org"), None);
+        assert_eq!(pool_like("mail.spool.example.org"), None);
+        assert_eq!(pool_like("minecraft.example.org"), None);
+        assert_eq!(pool_like("examine.example.org"), None);
+        // The NTP and key-server pools.
+        assert_eq!(pool_like("0.debian.pool.ntp.org"), None);
+        assert_eq!(pool_like("pool.ntp.org"), None);
+        assert_eq!(pool_like("hkps.pool.sks-keyservers.net"), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod intel;
 pub mod rounding;
 pub mod saturation;
 pub mod stratum;
+pub mod tls;
 pub mod tuning;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,7 @@ pub mod code {
     pub const POOL_INTEL: &str = "pool_intel";
     pub const LATERAL_SCAN: &str = "lateral_scan";
     pub const MINER_TUNING: &str = "miner_tuning";
+    pub const POOL_LIKE_NAME: &str = "pool_like_name";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -109,6 +111,11 @@ pub enum Finding {
         peer: SocketAddr,
     },
     /// A connection to an address, or a command line naming a host, on a pool list.
+    /// A host name not on any list, with a word pools use in their names: weak alone.
+    PoolLikeName {
+        what: PoolSighting,
+        word: &'static str,
+    },
     PoolIntel {
         /// What was on the list: the address connected to, or the host named.
         what: PoolSighting,
@@ -137,6 +144,11 @@ pub enum PoolSighting {
     Connect(SocketAddr),
     /// Named on its command line.
     Cmdline(String),
+    /// Asked for by name in a TLS ClientHello (SNI) on a connection to `peer`.
+    Sni {
+        name: String,
+        peer: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -227,6 +239,26 @@ impl Finding {
                     PoolSighting::Cmdline(host) => {
                         format!("command line names {host}, on the pool list {source} as {entry}")
                     }
+                    PoolSighting::Sni { name, peer } => format!(
+                        "TLS connection to {peer} asks for {name} (SNI), on the pool list \
+                         {source} as {entry}"
+                    ),
+                },
+            ),
+            Finding::PoolLikeName { what, word } => (
+                code::POOL_LIKE_NAME,
+                10,
+                match what {
+                    PoolSighting::Connect(peer) => {
+                        format!("connection to {peer}, named with the pool-like word `{word}`")
+                    }
+                    PoolSighting::Cmdline(host) => {
+                        format!("command line names {host}, which has the pool-like word `{word}`")
+                    }
+                    PoolSighting::Sni { name, peer } => format!(
+                        "TLS connection to {peer} asks for {name} (SNI), which has the pool-like \
+                         word `{word}`"
+                    ),
                 },
             ),
             Finding::MinerTuning(t) => match t {
@@ -292,15 +324,17 @@ impl Finding {
 }
 
 /// Reasons that are normal on HPC nodes: running from /tmp or scratch, sustained CPU, a
-/// port pools also use, fan-out to many hosts. However many of them a process has, together they weigh at most
-/// [`WEAK_CAP`], below medium: only a miner-specific reason (Stratum, the fingerprint, a
+/// port pools also use, fan-out to many hosts, a host name with a word like `pool`. However
+/// many of them a process has, together they weigh at most [`WEAK_CAP`], below medium: only a miner-specific reason (Stratum, the fingerprint, a
 /// miner command line, ...) takes an alert to medium and above.
 pub const WEAK: &[&str] = &[
     code::EXE_LOCATION,
     code::CPU_SATURATION,
     code::MINER_PORT,
     code::LATERAL_SCAN,
+    code::POOL_LIKE_NAME,
 ];
+
 /// The most that [`WEAK`] reasons add up to.
 pub const WEAK_CAP: u32 = 29;
 

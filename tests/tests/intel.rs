@@ -218,3 +218,80 @@ fn a_bad_feed_stops_the_start_naming_file_and_line() {
         "{err}"
     );
 }
+
+/// A real TLS client (`openssl s_client`) asking for `name` at `addr`; the listener never
+/// answers, which is enough: the ClientHello leaves first, in clear.
+fn tls_hello(addr: &str, name: &str) -> Proc {
+    Proc::spawn(
+        Command::new("openssl")
+            .args(["s_client", "-connect", addr, "-servername", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+#[test]
+fn tls_server_names_are_read_from_the_client_hello() {
+    if !root_or_skip("tls_server_names_are_read_from_the_client_hello") {
+        return;
+    }
+    let dir = scratch("intel-sni");
+    let feed = dir.join("names.txt");
+    fs::write(&feed, "# pools seen by the SOC\nminerwatch.test\n").unwrap();
+    // The address is on no list: only the name the client asks for says where it goes.
+    let (_l, addr) = listener_on("127.0.0.4:0");
+    let mut s = Sensor::start(
+        "intel-sni",
+        &[
+            "--pool-feed",
+            feed.to_str().unwrap(),
+            "--stats-interval",
+            "1",
+        ],
+    );
+
+    let c = tls_hello(&addr, "eu.pool.minerwatch.test");
+    let a = s
+        .wait_alert(c.pid(), "pool_intel", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("SNI of a listed pool not flagged:\n{}", s.stderr_text()));
+    let d = detail(&a, "pool_intel");
+    assert!(
+        d.contains(&format!("TLS connection to {addr}"))
+            && d.contains("asks for eu.pool.minerwatch.test (SNI)")
+            && d.contains("as minerwatch.test"),
+        "{d}"
+    );
+    assert_eq!(a["severity"], "medium", "a name alone is not high: {a}");
+    drop(c);
+
+    // On no list, but pool-like: weak, below medium.
+    let c = tls_hello(&addr, "xmr-eu1.example.test");
+    let a = s
+        .wait_alert(c.pid(), "pool_like_name", Duration::from_secs(10))
+        .expect("a pool-like server name is weak evidence");
+    assert!(
+        detail(&a, "pool_like_name").contains("asks for xmr-eu1.example.test (SNI)"),
+        "{a}"
+    );
+    assert!(severity_rank(&a["severity"]) < 2, "{a}");
+    drop(c);
+
+    // The NTP pool and an ordinary name: nothing.
+    for name in ["2.debian.pool.ntp.org", "www.example.test"] {
+        let c = tls_hello(&addr, name);
+        let pid = c.pid();
+        thread::sleep(Duration::from_millis(500));
+        drop(c);
+        s.settled(pid, Duration::from_secs(10));
+        assert!(
+            s.alerts_for(pid)
+                .iter()
+                .all(|a| !has_reason(a, "pool_intel") && !has_reason(a, "pool_like_name")),
+            "{name}: {:?}",
+            s.alerts_for(pid)
+        );
+    }
+    let names = s.status()["counters"]["sni_names"].as_u64().unwrap_or(0);
+    assert!(names >= 4, "every ClientHello read: {names}");
+}

@@ -1,11 +1,14 @@
 //! Pool intelligence: a connection to an address on a pool list (matched in the kernel at
-//! connect; in user space for connections older than the sensor), or a command line that
-//! names a listed pool host. Works whatever the protocol, TLS included.
+//! connect; in user space for connections older than the sensor), a command line that names
+//! a listed pool host, or a TLS ClientHello that asks for one (SNI, in clear before the
+//! encryption starts). Works whatever the protocol. A name on no list but with a pool-like
+//! word in it (`xmr`, `pool`, `monero`, ...) is weak evidence of its own.
 use std::{collections::BTreeMap, sync::Arc};
 
 use minerwatch_detect::{
     Finding, PoolSighting,
     intel::{self, Lists},
+    tls,
 };
 
 use super::{Found, Signal};
@@ -16,6 +19,9 @@ struct PoolIntel {
     /// Connections to listed addresses seen, and command lines naming listed hosts.
     connects: u64,
     cmdlines: u64,
+    /// TLS ClientHellos whose server name was read, and those that named a listed pool.
+    sni_names: u64,
+    sni_pools: u64,
 }
 
 pub fn new(_: &Config) -> Box<dyn Signal> {
@@ -23,6 +29,8 @@ pub fn new(_: &Config) -> Box<dyn Signal> {
         lists: Arc::default(),
         connects: 0,
         cmdlines: 0,
+        sni_names: 0,
+        sni_pools: 0,
     })
 }
 
@@ -30,6 +38,9 @@ pub fn new(_: &Config) -> Box<dyn Signal> {
 #[derive(Default)]
 struct Said {
     connect: bool,
+    sni: bool,
+    /// A pool-like name was said (from the command line or a ClientHello).
+    like: bool,
 }
 
 impl PoolIntel {
@@ -53,11 +64,12 @@ impl Signal for PoolIntel {
     }
 
     fn on_process(&mut self, t: &mut Tracked, out: &mut Vec<Found>) {
-        for host in intel::hosts_in_argv(&t.info.argv) {
-            let Some(id) = self.lists.match_name(&host) else {
+        let hosts = intel::hosts_in_argv(&t.info.argv);
+        for host in &hosts {
+            let Some(id) = self.lists.match_name(host) else {
                 continue;
             };
-            if let Some(finding) = self.finding(PoolSighting::Cmdline(host), id) {
+            if let Some(finding) = self.finding(PoolSighting::Cmdline(host.clone()), id) {
                 self.cmdlines += 1;
                 out.push(Found {
                     tgid: t.key.tgid,
@@ -65,8 +77,22 @@ impl Signal for PoolIntel {
                     peer: None,
                 });
                 // One listed host is the evidence; the rest say nothing more.
-                break;
+                return;
             }
+        }
+        let like = hosts
+            .into_iter()
+            .find_map(|h| intel::pool_like(&h).map(|w| (h, w)));
+        if let Some((host, word)) = like {
+            t.state::<Said>().like = true;
+            out.push(Found {
+                tgid: t.key.tgid,
+                finding: Finding::PoolLikeName {
+                    what: PoolSighting::Cmdline(host),
+                    word,
+                },
+                peer: None,
+            });
         }
     }
 
@@ -83,6 +109,12 @@ impl Signal for PoolIntel {
                 (peer, id)
             }
             Event::Connect(c) if c.preexisting => (c.peer, self.lists.match_addr(c.peer.ip())),
+            Event::Payload(p) if p.offset == 0 => {
+                if let Some(found) = self.on_client_hello(&p.data, p.peer, t) {
+                    out.push(found);
+                }
+                return;
+            }
             _ => return,
         };
         let Some(id) = id else { return };
@@ -104,5 +136,45 @@ impl Signal for PoolIntel {
         out.insert("pool_entries", self.lists.len() as u64);
         out.insert("pool_connects", self.connects);
         out.insert("pool_cmdlines", self.cmdlines);
+        out.insert("sni_names", self.sni_names);
+        out.insert("sni_pools", self.sni_pools);
+    }
+}
+
+impl PoolIntel {
+    /// The first bytes of a connection: if they are a ClientHello, the name it asks for.
+    fn on_client_hello(
+        &mut self,
+        data: &[u8],
+        peer: std::net::SocketAddr,
+        t: &mut Tracked,
+    ) -> Option<Found> {
+        let name = tls::client_hello_sni(data)?;
+        self.sni_names += 1;
+        let said = t.state::<Said>();
+        let finding = match self.lists.match_name(&name) {
+            Some(id) => {
+                if std::mem::replace(&mut said.sni, true) {
+                    return None;
+                }
+                self.sni_pools += 1;
+                self.finding(PoolSighting::Sni { name, peer }, id)?
+            }
+            None => {
+                let word = intel::pool_like(&name)?;
+                if std::mem::replace(&mut said.like, true) {
+                    return None;
+                }
+                Finding::PoolLikeName {
+                    what: PoolSighting::Sni { name, peer },
+                    word,
+                }
+            }
+        };
+        Some(Found {
+            tgid: t.key.tgid,
+            finding,
+            peer: Some(peer),
+        })
     }
 }
