@@ -171,6 +171,55 @@ pub fn miner_cmdline(argv: &[String]) -> Vec<String> {
     found
 }
 
+/// Programs that run a command given on their own command line: a miner started through one
+/// of them shows its command line twice, in the launcher and in the miner.
+const LAUNCHERS: &[&str] = &[
+    "timeout", "nohup", "sudo", "doas", "runuser", "srun", "env", "nice", "ionice", "taskset",
+    "numactl", "chrt", "setsid", "stdbuf", "flock", "time", "unbuffer", "xargs",
+];
+
+/// Shells, and `su`: they launch a command only when given one with `-c`.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "busybox", "su"];
+
+/// The words of the command a launcher in `argv[0]` runs (`timeout 60 ./x -o p` gives
+/// `60 ./x -o p`; `bash -c "cd /tmp; ./x -o p"` gives `cd /tmp ./x -o p`), or `None` when
+/// `argv` is not a launcher running something.
+pub fn launched(argv: &[String]) -> Option<Vec<String>> {
+    let name = argv.first()?.rsplit('/').next()?;
+    if LAUNCHERS.contains(&name) {
+        return (argv.len() > 1).then(|| argv[1..].to_vec());
+    }
+    if !SHELLS.contains(&name) {
+        return None;
+    }
+    // `-c STRING`, also as part of a cluster of options (`-lc`, `-ec`).
+    let at = argv.iter().skip(1).position(|a| {
+        a == "--command" || (a.starts_with('-') && !a.starts_with("--") && a.contains('c'))
+    })?;
+    let script = argv.get(at + 2)?;
+    let words: Vec<String> = script
+        .split(|c: char| c.is_whitespace() || ";&|()`".contains(c))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.trim_matches(['"', '\'']).to_string())
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// Whether `argv` is the command a launcher with `words` ([`launched`]) runs: it appears in
+/// them as one unbroken run, its program compared by name (`./x` and `/tmp/x` are one).
+pub fn runs_within(words: &[String], argv: &[String]) -> bool {
+    let Some((prog, rest)) = argv.split_first() else {
+        return false;
+    };
+    let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+    let prog = base(prog);
+    if words.len() < argv.len() {
+        return false;
+    }
+    (0..=words.len() - argv.len())
+        .any(|i| base(&words[i]) == prog && words[i + 1..i + argv.len()] == *rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +299,28 @@ mod tests {
         ] {
             assert!(miner_cmdline(&argv(a)).is_empty(), "{a}");
         }
+    }
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn launchers_and_what_they_run() {
+        let t = v(&["/usr/bin/timeout", "60", "./xmrig", "-o", "p:443"]);
+        let words = launched(&t).unwrap();
+        assert!(runs_within(&words, &v(&["/tmp/xmrig", "-o", "p:443"])));
+        assert!(!runs_within(&words, &v(&["/tmp/xmrig", "-o", "q:443"])));
+        assert!(!runs_within(&words, &v(&["sleep", "60"])));
+        let b = v(&["bash", "-lc", "cd /tmp; ./x --donate-level 1 &"]);
+        let words = launched(&b).unwrap();
+        assert!(runs_within(&words, &v(&["./x", "--donate-level", "1"])));
+        assert!(runs_within(&words, &v(&["/tmp/x", "--donate-level", "1"])));
+        // A shell running a script, or a launcher with nothing to run, launches nothing.
+        assert_eq!(launched(&v(&["bash", "job.sh"])), None);
+        assert_eq!(launched(&v(&["env"])), None);
+        assert_eq!(launched(&v(&["bash", "-c"])), None);
+        assert_eq!(launched(&v(&["/usr/bin/xmrig", "-o", "p"])), None);
+        assert!(!runs_within(&words, &[]));
     }
 }

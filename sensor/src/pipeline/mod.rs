@@ -2,6 +2,7 @@
 //! state: the table of processes ([`process`], one record per process, forgotten in one
 //! place) and the signals ([`signals`], one file each behind one interface). The run loop
 //! ([`run`]) only moves records between the kernel, this and the outputs.
+mod launch;
 pub mod process;
 mod run;
 pub mod signals;
@@ -84,6 +85,8 @@ pub struct Pipeline {
     users: Users,
     signals: Vec<Box<dyn Signal>>,
     counters: Counters,
+    /// Launchers' evidence, held for the command they run.
+    launches: launch::Launches,
     /// Alerts raised since the last flush, the latest per process: evidence that arrives in
     /// one batch of events (exec, connect, first bytes) makes one alert, not one per reason.
     pending: Vec<AlertRecord>,
@@ -125,6 +128,7 @@ impl Pipeline {
             signals: signals::all(&cfg),
             users,
             counters: Counters::default(),
+            launches: launch::Launches::default(),
             pending: Vec::new(),
             exiting: Vec::new(),
             forgotten: Vec::new(),
@@ -173,10 +177,17 @@ impl Pipeline {
         let mut found = Vec::new();
         for tgid in tgids {
             let t = self.table.load(tgid);
+            let mut own = Vec::new();
             for s in &mut self.signals {
-                s.on_process(t, &mut found);
+                s.on_process(t, &mut own);
             }
+            let key = t.key;
+            let argv = t.info.argv.clone();
+            self.launches.on_exec(key, &argv, now, &mut own);
+            found.append(&mut own);
         }
+        let running = self.table.iter().map(|t| (t.key.tgid, &t.info.argv[..]));
+        self.launches.join_running(running, &mut found);
         for ev in &connections {
             let t = self.table.load(ev.meta().tgid);
             for s in &mut self.signals {
@@ -222,7 +233,14 @@ impl Pipeline {
                     convert::exit(tgid, p.table.get(tgid).map(|t| &t.info))
                 });
                 if let Some(t) = self.table.get(tgid) {
-                    self.exiting.push(t.key);
+                    let key = t.key;
+                    self.exiting.push(key);
+                    // A launcher whose command never showed up: its evidence is its own.
+                    let table = &self.table;
+                    let alive = |k: ProcessKey| table.get(k.tgid).is_some_and(|t| t.key == k);
+                    for f in self.launches.due(m.ktime_ns, Some(key), alive) {
+                        self.raise(m.ktime_ns, f);
+                    }
                 }
                 return;
             }
@@ -239,6 +257,10 @@ impl Pipeline {
                 for s in &mut self.signals {
                     s.on_process(t, &mut found);
                 }
+                let key = t.key;
+                let argv = t.info.argv.clone();
+                self.launches
+                    .on_exec(key, &argv, e.meta.ktime_ns, &mut found);
             }
             Event::Connect(c) => {
                 let at = self.wall(c.meta.ktime_ns);
@@ -360,7 +382,9 @@ impl Pipeline {
             cpu,
             rounding,
         };
-        let mut found = Vec::new();
+        let table = &self.table;
+        let alive = |k: ProcessKey| table.get(k.tgid).is_some_and(|t| t.key == k);
+        let mut found = self.launches.due(now_ns, None, alive);
         for s in &mut self.signals {
             s.on_tick(&tick, &mut self.table, &mut found);
         }
@@ -459,6 +483,11 @@ impl Pipeline {
             ("reconciled", self.counters.reconciled),
             ("pool_feed_errors", self.counters.pool_feed_errors),
             ("pool_reloads", self.counters.pool_reloads),
+            ("launches_joined", self.launches.joined),
+            ("launches_alone", self.launches.alone),
+            ("launches_unheld", self.launches.unheld),
+            ("launches_lost", self.launches.lost),
+            ("launches_held", self.launches.held() as u64),
         ]);
         for s in &self.signals {
             s.counters(&self.table, &mut c);
