@@ -112,6 +112,10 @@ pub mod kind {
     pub const POOL_CONNECT: u32 = 7;
     /// A write to a huge-page sysctl ([`crate::SysctlEvent`]), on the decisive ring.
     pub const SYSCTL: u32 = 8;
+    /// A DNS message a process sent or received on UDP port 53 ([`crate::PayloadEvent`]
+    /// layout, [`crate::PAYLOAD_DNS_ANSWER`] set for one received), on the lifecycle ring so
+    /// it keeps its order with the connects that follow.
+    pub const DNS: u32 = 9;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -148,8 +152,10 @@ pub mod stat {
     pub const RINGBUF_FULL_POOL: u32 = 15;
     /// A huge-page sysctl write could not be reported (decisive ring full).
     pub const RINGBUF_FULL_SYSCTL: u32 = 16;
+    /// A DNS message could not be reported (lifecycle ring full).
+    pub const RINGBUF_FULL_DNS: u32 = 17;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -170,6 +176,7 @@ pub mod stat {
         "fpu_threads_full",
         "ringbuf_full_pool",
         "ringbuf_full_sysctl",
+        "ringbuf_full_dns",
     ];
 }
 
@@ -345,6 +352,9 @@ pub const PAYLOAD_LAST: u32 = 2;
 /// `PayloadEvent::flags`: every byte of the stream before this record was whitespace, not
 /// sent up: a jump in `offset` is not a loss.
 pub const PAYLOAD_AFTER_BLANK: u32 = 4;
+/// `PayloadEvent::flags` of a [`kind::DNS`] record: a message the process received (an
+/// answer), not one it sent.
+pub const PAYLOAD_DNS_ANSWER: u32 = 8;
 
 /// Bytes of a sysctl's name a [`SysctlEvent`] carries (`vm/nr_overcommit_hugepages` is 26).
 pub const SYSCTL_NAME_CAP: usize = 48;
@@ -411,6 +421,11 @@ pub const SOCK_CONNECTING: u32 = 2;
 pub const SOCK_STREAM_KEPT: u32 = 4;
 /// `SockState::flags`: the last payload record was lost; the next one carries [`PAYLOAD_GAP`].
 pub const SOCK_GAP: u32 = 8;
+/// `SockState::flags`: a UDP socket that talks to port 53: its datagrams, both ways, are
+/// reported as DNS messages.
+pub const SOCK_DNS: u32 = 16;
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
 
 /// Socket-local storage (`SOCKS`) of a followed socket: who connected it, where to, and what
 /// has been captured so far. Lives and dies with the socket.

@@ -6,6 +6,7 @@
 //! appears or the severity rises, never once a second.
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod fanout;
 pub mod indicators;
 pub mod intel;
@@ -149,6 +150,35 @@ pub enum PoolSighting {
         name: String,
         peer: SocketAddr,
     },
+    /// Looked up in DNS (the query, or its answer), through `server`.
+    Lookup {
+        name: String,
+        server: SocketAddr,
+    },
+    /// A connection to `peer`, an address a DNS answer gave the process for `name`.
+    Resolved {
+        peer: SocketAddr,
+        name: String,
+    },
+}
+
+impl PoolSighting {
+    /// How the process met the name or address, for a person.
+    fn describe(&self) -> String {
+        match self {
+            PoolSighting::Connect(peer) => format!("connection to {peer}"),
+            PoolSighting::Cmdline(host) => format!("command line names {host}"),
+            PoolSighting::Sni { name, peer } => {
+                format!("TLS connection to {peer} asks for {name} (SNI)")
+            }
+            PoolSighting::Lookup { name, server } => {
+                format!("looked up {name} in DNS (through {server})")
+            }
+            PoolSighting::Resolved { peer, name } => {
+                format!("connection to {peer}, which the process looked up as {name}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -232,34 +262,12 @@ impl Finding {
             } => (
                 code::POOL_INTEL,
                 45,
-                match what {
-                    PoolSighting::Connect(peer) => {
-                        format!("connection to {peer}, on the pool list {source} as {entry}")
-                    }
-                    PoolSighting::Cmdline(host) => {
-                        format!("command line names {host}, on the pool list {source} as {entry}")
-                    }
-                    PoolSighting::Sni { name, peer } => format!(
-                        "TLS connection to {peer} asks for {name} (SNI), on the pool list \
-                         {source} as {entry}"
-                    ),
-                },
+                format!("{}, on the pool list {source} as {entry}", what.describe()),
             ),
             Finding::PoolLikeName { what, word } => (
                 code::POOL_LIKE_NAME,
                 10,
-                match what {
-                    PoolSighting::Connect(peer) => {
-                        format!("connection to {peer}, named with the pool-like word `{word}`")
-                    }
-                    PoolSighting::Cmdline(host) => {
-                        format!("command line names {host}, which has the pool-like word `{word}`")
-                    }
-                    PoolSighting::Sni { name, peer } => format!(
-                        "TLS connection to {peer} asks for {name} (SNI), which has the pool-like \
-                         word `{word}`"
-                    ),
-                },
+                format!("{}, which has the pool-like word `{word}`", what.describe()),
             ),
             Finding::MinerTuning(t) => match t {
                 tuning::Tuning::Msr(what) => (

@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod cpu;
+mod dns;
 mod exec;
 mod fpu;
 mod maps;

@@ -61,8 +61,9 @@ pub static POOL_ADDRS: LpmTrie<PoolAddr, u32> = LpmTrie::with_max_entries(POOL_A
 pub static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scratch space to build a `PayloadEvent`; only the captured bytes are copied into the ring.
+/// Slot 0: TCP first bytes; 1 and 2: DNS queries and answers (see `dns`).
 #[map]
-pub static PAYLOAD_SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static PAYLOAD_SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(3, 0);
 
 /// The raw pointer the sk-storage helpers take for `SOCKS`.
 #[inline(always)]

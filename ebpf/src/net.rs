@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SockAddrContext},
 };
 use minerwatch_common::{
-    CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, PROTO_TCP, PROTO_UDP, SOCK_CONNECTING,
-    SOCK_STREAM_KEPT, SOCK_WATCH, SockState, kind, stat,
+    CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, DNS_PORT, PROTO_TCP, PROTO_UDP,
+    SOCK_CONNECTING, SOCK_DNS, SOCK_STREAM_KEPT, SOCK_WATCH, SockState, kind, stat,
 };
 
 use crate::{
@@ -156,8 +156,29 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
     };
     pool_check(tid, &fresh, proto);
     if ty == SOCK_DGRAM {
-        // A connected UDP socket (resolvers connect theirs): reported now, nothing followed.
+        // A connected UDP socket (resolvers connect theirs): reported now. One connected to
+        // port 53 is followed for its DNS messages; storage it had from an earlier
+        // destination is brought up to date.
         let ev = connect_event(tgid, tid, &fresh, PROTO_UDP, 0, 0);
+        let dns = dport == DNS_PORT;
+        // SAFETY: the socket of this context; storage is created only for a DNS socket.
+        let st = unsafe {
+            if dns {
+                SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut fresh))
+            } else {
+                SOCKS.get_ptr_mut(ctx)
+            }
+        };
+        if !st.is_null() {
+            // SAFETY: storage of this socket, under the socket lock in the connect path.
+            let st = unsafe { &mut *st };
+            *st = fresh;
+            if dns {
+                st.flags = SOCK_DNS;
+            }
+        } else if dns {
+            count(stat::SOCK_STORAGE_FAILED);
+        }
         return EVENTS
             .output::<ConnectEvent>(&ev, lazy_wakeup())
             .map_err(|_| stat::RINGBUF_FULL_CONNECT);
@@ -229,6 +250,12 @@ fn on_sendmsg<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
     st.family = family;
     st.dport = dport;
     st.daddr = daddr;
+    // Datagrams to port 53 are DNS messages; the answers come back to this socket.
+    if dport == DNS_PORT {
+        st.flags |= SOCK_DNS;
+    } else {
+        st.flags &= !SOCK_DNS;
+    }
     pool_check(tid, st, PROTO_UDP);
     let ev = connect_event(tgid, tid, st, PROTO_UDP, CONNECT_UNCONNECTED_SEND, 0);
     EVENTS

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use minerwatch_common::{
     BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PROCESS_PAYLOAD_BYTES,
-    PayloadBudget, PayloadEvent, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES,
+    PayloadBudget, PayloadEvent, SOCK_DNS, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES,
     WATCH_RECORDS, kind, stat,
 };
 
@@ -37,7 +37,7 @@ const TCP_FLAG_SYN: u8 = 0x02;
 /// Allow the packet: this hook only watches.
 const ALLOW: i32 = 1;
 /// Bytes of a payload record before its data.
-const PAYLOAD_FIXED: u64 = (size_of::<PayloadEvent>() - PAYLOAD_CAP) as u64;
+pub const PAYLOAD_FIXED: u64 = (size_of::<PayloadEvent>() - PAYLOAD_CAP) as u64;
 
 /// `cgroup_skb/egress` on the root cgroup v2 (4.10+; socket storage from here 5.2+; the
 /// whitespace scan's `bpf_loop` 5.17+).
@@ -66,7 +66,7 @@ struct Tcp {
     payload_off: u32,
 }
 
-fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u32> {
+pub fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u32> {
     // SAFETY: bounded copy out of the skb into a local of size_of::<T>().
     let r = unsafe {
         bpf_skb_load_bytes(
@@ -204,7 +204,7 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
 }
 
 /// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.
-fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
+pub fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
     let Some(b) = PAYLOAD_BUDGETS.get_ptr_mut(tgid) else {
         let fresh = PayloadBudget {
             window_ns: now,
@@ -249,6 +249,9 @@ fn try_net_egress<const SKIP_BLANK: bool>(ctx: &SkBuffContext) -> Result<(), u32
     }
     // SAFETY: storage of this socket; its packets leave one at a time under its lock.
     let st = unsafe { &mut *st };
+    if st.flags & SOCK_DNS != 0 {
+        return crate::dns::dns_record(ctx, st, 0);
+    }
     if st.flags & SOCK_WATCH == 0 {
         return Ok(());
     }

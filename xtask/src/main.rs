@@ -74,7 +74,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("procps", "sysctl"),       // the tuning test reserves huge pages through sysctl(8)
     ("stress-ng", "stress-ng"), // benign workloads that must stay below medium...
     ("openssl", "openssl"),
-    ("python3-numpy", "f2py3"), // ...NumPy on a BLAS
+    ("python3-numpy", "f2py3"),  // ...NumPy on a BLAS
+    ("dnsmasq-base", "dnsmasq"), // the name server the DNS test's lookups go to
 ];
 
 fn root() -> PathBuf {

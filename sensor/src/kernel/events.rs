@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
     EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP,
-    PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, SysctlEvent, kind,
+    PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, SysctlEvent,
+    kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +123,21 @@ pub enum Event {
     Close(Close),
     /// A write of a `vm/nr_*` sysctl.
     Sysctl(Sysctl),
+    /// A DNS message on one of the process's UDP sockets to port 53.
+    Dns(Dns),
+}
+
+/// A DNS message a process sent (a query) or received (an answer) on a UDP socket it talks
+/// to port 53 with. The bytes are the message as it travelled, unparsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    pub meta: Meta,
+    /// The name server: where the query went, where the answer came from.
+    pub server: SocketAddr,
+    pub answer: bool,
+    pub data: Vec<u8>,
+    /// The message was longer than what was captured.
+    pub cut: bool,
 }
 
 /// A process wrote a sysctl (only `vm/nr_*` ones are reported).
@@ -154,6 +170,7 @@ impl Event {
             Event::Payload(p) => &p.meta,
             Event::Close(c) => &c.meta,
             Event::Sysctl(s) => &s.meta,
+            Event::Dns(d) => &d.meta,
         }
     }
 }
@@ -300,6 +317,18 @@ impl TryFrom<&[u8]> for Event {
                     gap: e.flags & PAYLOAD_GAP != 0,
                     last: e.flags & PAYLOAD_LAST != 0,
                     after_blank: e.flags & PAYLOAD_AFTER_BLANK != 0,
+                })
+            }
+            kind::DNS => {
+                let fixed = size_of::<PayloadEvent>() - PAYLOAD_CAP;
+                let e: PayloadEvent = read_cut(b, fixed)?;
+                let len = (e.len as usize).min(e.data.len()).min(b.len() - fixed);
+                Event::Dns(Dns {
+                    meta: meta(&e.hdr),
+                    server: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
+                    answer: e.flags & PAYLOAD_DNS_ANSWER != 0,
+                    data: e.data[..len].to_vec(),
+                    cut: e.total as usize > len,
                 })
             }
             kind::CLOSE => {
@@ -464,6 +493,28 @@ mod tests {
         assert_eq!(p.data, b"{");
         assert_eq!(p.peer, "[::1]:3333".parse().unwrap());
         assert!(p.gap && p.last && p.offset == 40);
+    }
+
+    #[test]
+    fn decodes_dns_answers_cut_to_their_capture() {
+        // SAFETY: all-zero is a valid PayloadEvent.
+        let mut e: PayloadEvent = unsafe { std::mem::zeroed() };
+        e.hdr = hdr(kind::DNS);
+        e.family = libc::AF_INET as u16;
+        e.daddr[..4].copy_from_slice(&[127, 0, 0, 53]);
+        e.dport = 53;
+        e.data[..3].copy_from_slice(&[0x12, 0x34, 0x81]);
+        e.len = 3;
+        e.total = 700;
+        e.flags = PAYLOAD_DNS_ANSWER;
+        let fixed = size_of::<PayloadEvent>() - PAYLOAD_CAP;
+        let rec = bytes(&e)[..fixed + 3].to_vec();
+        let Event::Dns(d) = Event::try_from(&rec[..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.data, [0x12, 0x34, 0x81]);
+        assert_eq!(d.server, "127.0.0.53:53".parse().unwrap());
+        assert!(d.answer && d.cut);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum Attach {
     CgroupSockAddr(&'static str),
     /// cgroup_skb/egress on the root of the cgroup v2 tree.
     CgroupEgress,
+    /// cgroup_skb/ingress on the root of the cgroup v2 tree.
+    CgroupIngress,
     /// cgroup/sysctl on the root of the cgroup v2 tree.
     CgroupSysctl,
     /// cpu-clock perf events, one per online CPU.
@@ -144,6 +146,14 @@ pub const HOOKS: &[Hook] = &[
             program: "net_egress_plain",
             lost: "whitespace before a first message is not skipped, so 2 KiB of it hides a login (bpf_loop needs Linux 5.17)",
         }),
+    },
+    Hook {
+        program: "net_ingress",
+        attach: Attach::CgroupIngress,
+        purpose: "DNS answers to followed UDP sockets (the queries leave through net_egress)",
+        lost: "DNS answers: names a process looked up are not joined to the addresses it connects to",
+        optional: false,
+        fallback: None,
     },
     Hook {
         program: "fpu_switch",
@@ -346,6 +356,10 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, sample_hz: u64) -> HookStatus {
             "cgroup_skb/egress@{}",
             cgroup2_root().unwrap_or_else(|| "?".into())
         ),
+        Attach::CgroupIngress => format!(
+            "cgroup_skb/ingress@{}",
+            cgroup2_root().unwrap_or_else(|| "?".into())
+        ),
         Attach::CgroupSysctl => format!(
             "cgroup/sysctl@{}",
             cgroup2_root().unwrap_or_else(|| "?".into())
@@ -405,15 +419,22 @@ fn try_attach(
             p.load(name, &btf).map_err(|e| chain(&e))?;
             p.attach().map_err(|e| chain(&e))?;
         }
-        Attach::CgroupSockAddr(_) | Attach::CgroupEgress | Attach::CgroupSysctl => {
+        Attach::CgroupSockAddr(_)
+        | Attach::CgroupEgress
+        | Attach::CgroupIngress
+        | Attach::CgroupSysctl => {
             let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
             let dir = std::fs::File::open(&root).map_err(|e| format!("{root}: {e}"))?;
             // aya attaches through a BPF link, which coexists with other programs on the same
             // cgroup (systemd's among them) and must be created without attach flags.
-            if let Attach::CgroupEgress = attach {
+            if let Attach::CgroupEgress | Attach::CgroupIngress = attach {
+                let how = match attach {
+                    Attach::CgroupIngress => CgroupSkbAttachType::Ingress,
+                    _ => CgroupSkbAttachType::Egress,
+                };
                 let p: &mut CgroupSkb = prog.try_into().map_err(|e| chain(&e))?;
                 p.load().map_err(|e| chain(&e))?;
-                p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                p.attach(dir, how, CgroupAttachMode::Single)
                     .map_err(|e| chain(&e))?;
             } else if let Attach::CgroupSysctl = attach {
                 let p: &mut CgroupSysctl = prog.try_into().map_err(|e| chain(&e))?;

@@ -232,15 +232,20 @@ impl Pipeline {
                 self.activity(at, |p| {
                     convert::exit(tgid, p.table.get(tgid).map(|t| &t.info))
                 });
-                if let Some(t) = self.table.get(tgid) {
+                if let Some(t) = self.table.get_mut(tgid) {
                     let key = t.key;
                     self.exiting.push(key);
+                    // What the signals still hold for it is said now.
+                    for s in &mut self.signals {
+                        s.on_exit(t, &mut found);
+                    }
                     // A launcher whose command never showed up: its evidence is its own.
                     let table = &self.table;
                     let alive = |k: ProcessKey| table.get(k.tgid).is_some_and(|t| t.key == k);
-                    for f in self.launches.due(m.ktime_ns, Some(key), alive) {
-                        self.raise(m.ktime_ns, f);
-                    }
+                    found.extend(self.launches.due(m.ktime_ns, Some(key), alive));
+                }
+                for f in found {
+                    self.raise(m.ktime_ns, f);
                 }
                 return;
             }
@@ -266,7 +271,11 @@ impl Pipeline {
                 let at = self.wall(c.meta.ktime_ns);
                 self.activity(at, |_| convert::connect(c));
             }
-            Event::PoolHit(_) | Event::Payload(_) | Event::Close(_) | Event::Sysctl(_) => {}
+            Event::PoolHit(_)
+            | Event::Payload(_)
+            | Event::Close(_)
+            | Event::Sysctl(_)
+            | Event::Dns(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.

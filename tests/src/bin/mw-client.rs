@@ -9,7 +9,9 @@
 //! (2 KiB of whitespace before the login, in the login's write or in writes of their own;
 //! 24 KiB in the login's write), `interval SECONDS` (interval arithmetic: a busy loop that
 //! rounds each bound of an interval sum down and up, switching the SSE rounding mode
-//! thousands of times a second, as CGAL and Boost.Interval do).
+//! thousands of times a second, as CGAL and Boost.Interval do), `resolve NAME PORT` (looks
+//! NAME up through the system resolver, as a miner given a pool's name does, and connects to
+//! the first address).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -123,6 +125,17 @@ fn main() {
         }
         "connect" => {
             let s = TcpStream::connect(addr(2)).expect("connect");
+            linger(s);
+        }
+        "resolve" => {
+            use std::net::ToSocketAddrs;
+            let port: u16 = arg(3).parse().expect("port");
+            let to = (arg(2), port)
+                .to_socket_addrs()
+                .expect("resolve")
+                .next()
+                .expect("an address");
+            let s = TcpStream::connect(to).expect("connect");
             linger(s);
         }
         "burn" => {

@@ -1,13 +1,14 @@
 //! Signals: each turns what it sees into findings, behind one interface. A signal sees
 //! processes as they become known ([`Signal::on_process`]), the kernel's events about a
-//! process ([`Signal::on_event`]), and a tick once a second ([`Signal::on_tick`]). What it
-//! keeps about a process lives in that process's record ([`Tracked::state`]), so it is
-//! forgotten with the process; state of its own that spans processes is dropped in
-//! [`Signal::forget`].
+//! process ([`Signal::on_event`]), its exit ([`Signal::on_exit`]), and a tick once a second
+//! ([`Signal::on_tick`]). What it keeps about a process lives in that process's record
+//! ([`Tracked::state`]), so it is forgotten with the process; state of its own that spans
+//! processes is dropped in [`Signal::forget`].
 //!
 //! Adding a signal: a new file here with a type that implements [`Signal`], and its row in
 //! [`REGISTRY`]. Nothing else in the pipeline changes.
 mod cpu;
+mod dns;
 mod fanout;
 mod first_bytes;
 mod pool;
@@ -56,6 +57,10 @@ pub trait Signal: Send {
     /// A kernel event about process `p` (exec, connect, first bytes, close).
     fn on_event(&mut self, _ev: &Event, _p: &mut Tracked, _out: &mut Vec<Found>) {}
 
+    /// Process `p` exited: the last chance to say evidence held back for it (its record
+    /// and state go once both rings are drained).
+    fn on_exit(&mut self, _p: &mut Tracked, _out: &mut Vec<Found>) {}
+
     /// Once a second, over the whole table.
     fn on_tick(&mut self, _tick: &Tick<'_>, _table: &mut Table, _out: &mut Vec<Found>) {}
 
@@ -86,6 +91,7 @@ pub const REGISTRY: &[NewSignal] = &[
     cpu::new,
     rounding::new,
     pool::new,
+    dns::new,
     fanout::new,
     tuning::new,
 ];
