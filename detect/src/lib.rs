@@ -10,6 +10,7 @@ pub mod dns;
 pub mod fanout;
 pub mod indicators;
 pub mod intel;
+pub mod persistence;
 pub mod rounding;
 pub mod saturation;
 pub mod stratum;
@@ -81,6 +82,7 @@ pub mod code {
     pub const LATERAL_SCAN: &str = "lateral_scan";
     pub const MINER_TUNING: &str = "miner_tuning";
     pub const POOL_LIKE_NAME: &str = "pool_like_name";
+    pub const PERSISTENCE: &str = "persistence";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -112,6 +114,14 @@ pub enum Finding {
         peer: SocketAddr,
     },
     /// A connection to an address, or a command line naming a host, on a pool list.
+    /// The process changed a file that makes a program permanent or hides it.
+    Persistence {
+        path: String,
+        target: persistence::Target,
+        change: persistence::Change,
+        /// The writer is the package manager: its job, weighing little.
+        package_manager: bool,
+    },
     /// A host name not on any list, with a word pools use in their names: weak alone.
     PoolLikeName {
         what: PoolSighting,
@@ -263,6 +273,25 @@ impl Finding {
                 code::POOL_INTEL,
                 45,
                 format!("{}, on the pool list {source} as {entry}", what.describe()),
+            ),
+            Finding::Persistence {
+                path,
+                target,
+                change,
+                package_manager,
+            } => (
+                code::PERSISTENCE,
+                if *package_manager { 5 } else { target.weight() },
+                format!(
+                    "{} {path}, {}{}",
+                    change.verb(),
+                    target.describe(),
+                    if *package_manager {
+                        ", as the package manager (which does this for a living)"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             Finding::PoolLikeName { what, word } => (
                 code::POOL_LIKE_NAME,

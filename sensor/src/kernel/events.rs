@@ -125,6 +125,15 @@ pub enum Event {
     Sysctl(Sysctl),
     /// A DNS message on one of the process's UDP sockets to port 53.
     Dns(Dns),
+    /// A watched file changed (from fanotify, not a ring: see `crate::files`).
+    File(FileEvent),
+}
+
+/// A change to a file the persistence watch marks, by process `meta.tgid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    pub meta: Meta,
+    pub change: crate::files::FileChange,
 }
 
 /// A DNS message a process sent (a query) or received (an answer) on a UDP socket it talks
@@ -171,6 +180,7 @@ impl Event {
             Event::Close(c) => &c.meta,
             Event::Sysctl(s) => &s.meta,
             Event::Dns(d) => &d.meta,
+            Event::File(f) => &f.meta,
         }
     }
 }

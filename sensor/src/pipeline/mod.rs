@@ -33,7 +33,7 @@ use crate::{
     },
     kernel::{
         CpuTotals, Event,
-        events::{DecodeError, Exec, Meta},
+        events::{self, DecodeError, Exec, Meta},
     },
     output::{Outputs, StatsRecord, rfc3339},
 };
@@ -77,6 +77,9 @@ struct Counters {
     pool_feed_errors: u64,
     /// Pool-feed reloads that went into force.
     pool_reloads: u64,
+    /// Persistence-watch queue overflows (changes not seen), and directories watched.
+    file_overflows: u64,
+    files_watched: u64,
 }
 
 pub struct Pipeline {
@@ -275,7 +278,8 @@ impl Pipeline {
             | Event::Payload(_)
             | Event::Close(_)
             | Event::Sysctl(_)
-            | Event::Dns(_) => {}
+            | Event::Dns(_)
+            | Event::File(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.
@@ -357,6 +361,28 @@ impl Pipeline {
                 e.argv.clone()
             },
             preexisting: false,
+        }
+    }
+
+    /// Changes to watched files, from the persistence watch; `overflows` and `watched` are
+    /// its counts so far.
+    pub fn on_files(
+        &mut self,
+        changes: Vec<crate::files::FileChange>,
+        overflows: u64,
+        watched: usize,
+    ) {
+        self.counters.file_overflows = overflows;
+        self.counters.files_watched = watched as u64;
+        for change in changes {
+            let meta = Meta {
+                tgid: change.pid,
+                tid: 0,
+                ktime_ns: monotonic_ns(),
+                cgroup_id: 0,
+            };
+            self.counters.events += 1;
+            self.handle(Event::File(events::FileEvent { meta, change }));
         }
     }
 
@@ -497,6 +523,8 @@ impl Pipeline {
             ("launches_unheld", self.launches.unheld),
             ("launches_lost", self.launches.lost),
             ("launches_held", self.launches.held() as u64),
+            ("file_overflows", self.counters.file_overflows),
+            ("files_watched", self.counters.files_watched),
         ]);
         for s in &self.signals {
             s.counters(&self.table, &mut c);
@@ -516,6 +544,12 @@ impl Pipeline {
         let mut checks = vec![
             ("kernel_ring", LossKind::KernelRing, drops),
             ("decode_errors", LossKind::Decode, own["decode_errors"]),
+            // The persistence watch's queue is the kernel's too.
+            (
+                "file_overflows",
+                LossKind::KernelRing,
+                own["file_overflows"],
+            ),
         ];
         for s in &self.signals {
             for &name in s.losses() {

@@ -14,6 +14,7 @@ use crate::{
     api::{self, Publisher, SensorState},
     config::Config,
     enrich::proc as procfs,
+    files::FileWatch,
     intel::Feeds,
     kernel::{
         Event, Kernel, KernelError, Ring,
@@ -81,12 +82,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
     // SAFETY: no preconditions.
     unsafe { libc::malloc_trim(0) };
     let out = Outputs::open(cfg.jsonl.as_ref(), cfg.terminal, cfg.min_severity)?;
+    let mut files = match FileWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no persistence watch (fanotify): cron, unit, preload, key and binary changes are not seen");
+            None
+        }
+    };
     publisher.set_hooks(&kernel.hooks);
     // Scanned after attaching, so nothing starts unseen between the scan and the hooks.
     let known = procfs::scan(Path::new("/proc"));
     let conns = watch_existing(&mut kernel);
     let mut p = Pipeline::new(cfg, known, publisher, out);
     p.set_intel(&feeds.lists());
+    if let Some(w) = &files {
+        p.on_files(Vec::new(), 0, w.watched());
+    }
     tracing::info!(
         entries = feeds.lists().len(),
         sources = feeds.sources(),
@@ -127,15 +138,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 // What the lifecycle ring holds happened before first bytes (the exec before
                 // its connect and login): handled first, alerts carry the exec's evidence.
                 ring?;
-                drain_all(&mut kernel, &mut p);
+                drain_all(&mut kernel, &mut p, &mut files);
             }
             _ = &mut drain => {
-                drain_wait = if drain_all(&mut kernel, &mut p) > 0 {
+                drain_wait = if drain_all(&mut kernel, &mut p, &mut files) > 0 {
                     DRAIN_EVERY
                 } else {
                     (drain_wait * 2).min(DRAIN_IDLE)
                 };
                 drain.as_mut().reset(tokio::time::Instant::now() + drain_wait);
+            }
+            r = async {
+                match &files {
+                    Some(w) => w.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                r?;
+                drain_all(&mut kernel, &mut p, &mut files);
             }
             _ = hangup.recv() => reload_pools(&mut feeds, &mut kernel, &mut p, "SIGHUP"),
             _ = second.tick() => {
@@ -206,7 +226,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         }
     };
     // What the kernel handed over before the signal is still delivered.
-    drain_all(&mut kernel, &mut p);
+    drain_all(&mut kernel, &mut p, &mut files);
     stop(&mut p, &kernel, reason, started, stop_tx, tasks).await;
     Ok(())
 }
@@ -240,10 +260,21 @@ fn reload_pools(feeds: &mut Feeds, kernel: &mut Kernel, p: &mut Pipeline, why: &
 }
 
 /// Drains the lifecycle ring, then the decisive one, a batch each; returns how many records.
-fn drain_all(kernel: &mut Kernel, p: &mut Pipeline) -> usize {
+fn drain_all(kernel: &mut Kernel, p: &mut Pipeline, files: &mut Option<FileWatch>) -> usize {
     let mut n = 0;
+    // File changes are read first and handled after the rings: the writer's exec reached its
+    // ring before its write, so its record is there (with its exe and argv) when the change
+    // is judged; its exit, drained now too, forgets it only at the flush.
+    let mut changes = Vec::new();
+    if let Some(w) = files {
+        w.read(&mut changes);
+    }
     for ring in [Ring::Lifecycle, Ring::Decisive] {
         n += kernel.drain(ring, DRAIN_BATCH, |ev| p.on_kernel(ev));
+    }
+    if let Some(w) = files {
+        n += changes.len();
+        p.on_files(changes, w.overflows, w.watched());
     }
     p.flush();
     n

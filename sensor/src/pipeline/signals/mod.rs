@@ -11,6 +11,7 @@ mod cpu;
 mod dns;
 mod fanout;
 mod first_bytes;
+mod persistence;
 mod pool;
 mod port;
 mod rounding;
@@ -94,6 +95,7 @@ pub const REGISTRY: &[NewSignal] = &[
     dns::new,
     fanout::new,
     tuning::new,
+    persistence::new,
 ];
 
 /// The signals for `cfg`.

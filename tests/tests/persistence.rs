@@ -1,0 +1,132 @@
+//! Persistence, the way a miner sets it up: a cron job written by a shell, a binary moved
+//! into /usr/local/bin, each attributed to the process that did it; the same by a program
+//! named like the package manager, weighing little; an ordinary file in /etc, nothing. The
+//! files are the test's own, under names no package uses, and removed afterwards.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use minerwatch_tests::{Proc, Sensor, has_reason, root_or_skip, scratch, severity_rank};
+
+fn detail(alert: &serde_json::Value) -> String {
+    alert["reasons"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["code"] == "persistence"))
+        .and_then(|r| r["detail"].as_str())
+        .unwrap_or_else(|| panic!("no persistence reason in {alert}"))
+        .to_string()
+}
+
+/// Files the test creates outside its scratch directory, removed when dropped.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn sh(line: &str) -> Proc {
+    Proc::spawn(
+        Command::new("/bin/sh")
+            .args(["-c", line])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    )
+}
+
+#[test]
+fn persistence_is_attributed_to_its_writer() {
+    if !root_or_skip("persistence_is_attributed_to_its_writer") {
+        return;
+    }
+    let tag = std::process::id();
+    let cron = PathBuf::from(format!("/etc/cron.d/minerwatch-test-{tag}"));
+    let bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-{tag}"));
+    let pm_bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-pm-{tag}"));
+    let etc = PathBuf::from(format!("/etc/minerwatch-test-{tag}.conf"));
+    fs::create_dir_all("/etc/cron.d").unwrap();
+    fs::create_dir_all("/usr/local/bin").unwrap();
+    let _cleanup = Cleanup(vec![cron.clone(), bin.clone(), pm_bin.clone(), etc.clone()]);
+    let dir = scratch("persistence");
+    let mut s = Sensor::start("persistence", &["--stats-interval", "1"]);
+    assert!(
+        s.status()["counters"]["files_watched"].as_u64() >= Some(5),
+        "the watch is up: {}",
+        s.status()
+    );
+
+    // A cron job, written by a shell.
+    let p = sh(&format!(
+        "printf '* * * * * root /tmp/.x/kworker\\n' > {}",
+        cron.display()
+    ));
+    let a = s
+        .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a cron job not attributed:\n{}", s.stderr_text()));
+    let d = detail(&a);
+    assert!(
+        d.contains(&cron.display().to_string()) && d.contains("a cron job"),
+        "{d}"
+    );
+    assert_eq!(a["severity"], "low", "{a}");
+    assert_eq!(a["argv"][0], "/bin/sh", "the writer, as it exec'd: {a}");
+    drop(p);
+
+    // A binary moved into /usr/local/bin.
+    let staged = dir.join("kworker");
+    fs::write(&staged, "#!/bin/sh\n").unwrap();
+    let p = Proc::spawn(Command::new("mv").arg(&staged).arg(&bin));
+    let pid = p.pid();
+    let a = s
+        .wait_alert(pid, "persistence", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a binary moved in not attributed:\n{}", s.stderr_text()));
+    let d = detail(&a);
+    assert!(
+        d.contains(&bin.display().to_string()) && d.contains("a system binary"),
+        "{d}"
+    );
+    // mv is gone by the time the change is read; its record is not.
+    assert_eq!(a["comm"], "mv", "{a}");
+    p.wait();
+
+    // The package manager (an executable named dpkg: a shell under that name) installing a
+    // binary: told apart.
+    let dpkg = dir.join("dpkg");
+    fs::copy("/bin/sh", &dpkg).unwrap();
+    fs::set_permissions(&dpkg, fs::Permissions::from_mode(0o755)).unwrap();
+    let p = Proc::spawn(
+        Command::new(&dpkg)
+            .arg("-c")
+            .arg(format!("printf x > {}; sleep 1", pm_bin.display()))
+            .stdout(Stdio::null()),
+    );
+    let a = s
+        .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the package manager's write not seen:\n{}", s.stderr_text()));
+    assert!(detail(&a).contains("as the package manager"), "{a}");
+    assert!(severity_rank(&a["severity"]) < 1, "weighs little: {a}");
+    drop(p);
+
+    // Any other file in /etc: not judged.
+    let p = sh(&format!("printf x > {}", etc.display()));
+    let pid = p.pid();
+    p.wait();
+    s.settled(pid, Duration::from_secs(10));
+    assert!(
+        !s.alerts_for(pid)
+            .iter()
+            .any(|a| has_reason(a, "persistence")),
+        "{:?}",
+        s.alerts_for(pid)
+    );
+    let c = &s.status()["counters"];
+    assert!(c["persistence_changes"].as_u64() >= Some(3), "{c}");
+    assert_eq!(c["file_overflows"].as_u64(), Some(0), "{c}");
+}
