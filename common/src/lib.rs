@@ -116,6 +116,8 @@ pub mod kind {
     /// layout, [`crate::PAYLOAD_DNS_ANSWER`] set for one received), on the lifecycle ring so
     /// it keeps its order with the connects that follow.
     pub const DNS: u32 = 9;
+    /// A process's main thread renamed itself ([`crate::RenameEvent`]).
+    pub const RENAME: u32 = 10;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -154,8 +156,10 @@ pub mod stat {
     pub const RINGBUF_FULL_SYSCTL: u32 = 16;
     /// A DNS message could not be reported (lifecycle ring full).
     pub const RINGBUF_FULL_DNS: u32 = 17;
+    /// A rename could not be reported (lifecycle ring full).
+    pub const RINGBUF_FULL_RENAME: u32 = 18;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -177,6 +181,7 @@ pub mod stat {
         "ringbuf_full_pool",
         "ringbuf_full_sysctl",
         "ringbuf_full_dns",
+        "ringbuf_full_rename",
     ];
 }
 
@@ -376,6 +381,18 @@ pub struct SysctlEvent {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<SysctlEvent>() == 112);
+
+/// The main thread of a process changed its name (`prctl(PR_SET_NAME)`, a write to
+/// `/proc/self/comm`, and exec, which user space tells apart by the exec record that follows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RenameEvent {
+    pub hdr: EventHeader,
+    /// NUL-padded.
+    pub old: [u8; COMM_LEN],
+    pub new: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<RenameEvent>() == 32 + 32);
 
 /// Payload a process sent on a watched TCP socket, as it left in a packet. `hdr.tgid` is the
 /// process that connected the socket (packets may leave outside its context).

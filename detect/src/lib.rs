@@ -83,6 +83,7 @@ pub mod code {
     pub const MINER_TUNING: &str = "miner_tuning";
     pub const POOL_LIKE_NAME: &str = "pool_like_name";
     pub const PERSISTENCE: &str = "persistence";
+    pub const PROCESS_RENAME: &str = "process_rename";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -114,6 +115,11 @@ pub enum Finding {
         peer: SocketAddr,
     },
     /// A connection to an address, or a command line naming a host, on a pool list.
+    /// The process renamed itself after it started.
+    ProcessRename {
+        old: String,
+        new: String,
+    },
     /// The process changed a file that makes a program permanent or hides it.
     Persistence {
         path: String,
@@ -274,6 +280,14 @@ impl Finding {
                 45,
                 format!("{}, on the pool list {source} as {entry}", what.describe()),
             ),
+            Finding::ProcessRename { old, new } => (
+                code::PROCESS_RENAME,
+                10,
+                format!(
+                    "renamed itself from `{old}` to `{new}` after it started (prctl or \
+                     /proc/self/comm)"
+                ),
+            ),
             Finding::Persistence {
                 path,
                 target,
@@ -370,6 +384,7 @@ pub const WEAK: &[&str] = &[
     code::MINER_PORT,
     code::LATERAL_SCAN,
     code::POOL_LIKE_NAME,
+    code::PROCESS_RENAME,
 ];
 
 /// The most that [`WEAK`] reasons add up to.

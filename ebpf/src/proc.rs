@@ -1,11 +1,11 @@
 //! Process lifecycle: new processes (not threads) and the end of a process, so user space can
 //! keep lineage and forget what is gone.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_task},
+    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use minerwatch_common::{ExitEvent, ForkEvent, kind, stat};
+use minerwatch_common::{ExitEvent, ForkEvent, RenameEvent, kind, stat};
 
 use crate::{
     maps::EVENTS,
@@ -92,4 +92,51 @@ fn try_proc_exit() -> Result<(), u32> {
     EVENTS
         .output::<ExitEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_EXIT)
+}
+
+/// Raw tracepoint `task_rename(struct task_struct *task, const char *comm)`, run before the
+/// name changes. Only a user process's main thread renaming itself is reported: threads
+/// naming themselves (browsers, JVMs, thread pools) are normal, and the kernel renaming the
+/// threads it creates is not a process hiding.
+#[raw_tracepoint(tracepoint = "task_rename")]
+pub fn proc_rename(ctx: RawTracePointContext) -> u32 {
+    if let Err(e) = try_proc_rename(&ctx) {
+        count(e);
+    }
+    0
+}
+
+fn try_proc_rename(ctx: &RawTracePointContext) -> Result<(), u32> {
+    let Some((tgid, tid)) = current() else {
+        return Ok(());
+    };
+    if tid != tgid {
+        return Ok(());
+    }
+    let task: *const u8 = ctx.arg(0);
+    // SAFETY: helper with no preconditions.
+    let me = unsafe { bpf_get_current_task() } as *const u8;
+    if task != me {
+        return Ok(()); // another task: a new kernel thread, or /proc/<tid>/comm of a thread
+    }
+    let mm_off = offsets().task_mm;
+    if mm_off != 0 {
+        let mm: u64 = kread(me, mm_off)?;
+        if mm == 0 {
+            return Ok(()); // a kernel thread
+        }
+    }
+    let name: *const u8 = ctx.arg(1);
+    let mut ev = RenameEvent {
+        hdr: header(kind::RENAME, tgid, tid),
+        old: bpf_get_current_comm().unwrap_or([0; 16]),
+        new: [0; 16],
+    };
+    // SAFETY: `name` is the tracepoint's kernel string; the copy is bounded by `new`.
+    if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.new) }.is_err() {
+        return Err(stat::READ_KERNEL_FAILED);
+    }
+    EVENTS
+        .output::<RenameEvent>(&ev, lazy_wakeup())
+        .map_err(|_| stat::RINGBUF_FULL_RENAME)
 }

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
     EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP,
-    PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, SysctlEvent,
-    kind,
+    PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, RenameEvent,
+    SysctlEvent, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -127,6 +127,15 @@ pub enum Event {
     Dns(Dns),
     /// A watched file changed (from fanotify, not a ring: see `crate::files`).
     File(FileEvent),
+    /// A process's main thread changed its name (exec's own renaming included).
+    Rename(Rename),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    pub meta: Meta,
+    pub old: String,
+    pub new: String,
 }
 
 /// A change to a file the persistence watch marks, by process `meta.tgid`.
@@ -181,6 +190,7 @@ impl Event {
             Event::Sysctl(s) => &s.meta,
             Event::Dns(d) => &d.meta,
             Event::File(f) => &f.meta,
+            Event::Rename(r) => &r.meta,
         }
     }
 }
@@ -339,6 +349,14 @@ impl TryFrom<&[u8]> for Event {
                     answer: e.flags & PAYLOAD_DNS_ANSWER != 0,
                     data: e.data[..len].to_vec(),
                     cut: e.total as usize > len,
+                })
+            }
+            kind::RENAME => {
+                let e: RenameEvent = read(b)?;
+                Event::Rename(Rename {
+                    meta: meta(&e.hdr),
+                    old: cstr(&e.old),
+                    new: cstr(&e.new),
                 })
             }
             kind::CLOSE => {

@@ -95,6 +95,16 @@ pub const HOOKS: &[Hook] = &[
         fallback: None,
     },
     Hook {
+        program: "proc_rename",
+        attach: Attach::RawTracePoint {
+            name: "task_rename",
+        },
+        purpose: "a process's main thread renaming itself (prctl, /proc/self/comm)",
+        lost: "renames: a miner that calls itself kworker after it started is not seen doing so",
+        optional: false,
+        fallback: None,
+    },
+    Hook {
         program: "net_connect4",
         attach: Attach::CgroupSockAddr("connect4"),
         purpose: "IPv4 connects: TCP sockets followed, connected UDP reported",

@@ -279,7 +279,8 @@ impl Pipeline {
             | Event::Close(_)
             | Event::Sysctl(_)
             | Event::Dns(_)
-            | Event::File(_) => {}
+            | Event::File(_)
+            | Event::Rename(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.

@@ -11,7 +11,9 @@
 //! rounds each bound of an interval sum down and up, switching the SSE rounding mode
 //! thousands of times a second, as CGAL and Boost.Interval do), `resolve NAME PORT` (looks
 //! NAME up through the system resolver, as a miner given a pool's name does, and connects to
-//! the first address).
+//! the first address), `rename NAME` (the main thread takes NAME with `prctl(PR_SET_NAME)`,
+//! then waits 3 s), `rename-thread NAME` (a second thread names itself NAME, as thread pools
+//! do, then the process waits 2 s).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -126,6 +128,22 @@ fn main() {
         "connect" => {
             let s = TcpStream::connect(addr(2)).expect("connect");
             linger(s);
+        }
+        "rename" | "rename-thread" => {
+            let name = std::ffi::CString::new(arg(2)).expect("name");
+            let set = move || {
+                // SAFETY: PR_SET_NAME with a NUL-terminated name; the kernel copies 15 bytes.
+                let r = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                assert_eq!(r, 0, "prctl: {}", std::io::Error::last_os_error());
+            };
+            let wait = if arg(1) == "rename" {
+                set();
+                3
+            } else {
+                std::thread::spawn(set).join().expect("thread");
+                2
+            };
+            std::thread::sleep(Duration::from_secs(wait));
         }
         "resolve" => {
             use std::net::ToSocketAddrs;

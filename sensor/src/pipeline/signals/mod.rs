@@ -14,6 +14,7 @@ mod first_bytes;
 mod persistence;
 mod pool;
 mod port;
+mod rename;
 mod rounding;
 mod shape;
 mod tuning;
@@ -96,6 +97,7 @@ pub const REGISTRY: &[NewSignal] = &[
     fanout::new,
     tuning::new,
     persistence::new,
+    rename::new,
 ];
 
 /// The signals for `cfg`.
