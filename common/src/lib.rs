@@ -118,6 +118,8 @@ pub mod kind {
     pub const DNS: u32 = 9;
     /// A process's main thread renamed itself ([`crate::RenameEvent`]).
     pub const RENAME: u32 = 10;
+    /// A process sent SIGKILL or SIGTERM to another ([`crate::KillEvent`]).
+    pub const KILL: u32 = 11;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -158,8 +160,10 @@ pub mod stat {
     pub const RINGBUF_FULL_DNS: u32 = 17;
     /// A rename could not be reported (lifecycle ring full).
     pub const RINGBUF_FULL_RENAME: u32 = 18;
+    /// A kill could not be reported (lifecycle ring full).
+    pub const RINGBUF_FULL_KILL: u32 = 19;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -182,6 +186,7 @@ pub mod stat {
         "ringbuf_full_sysctl",
         "ringbuf_full_dns",
         "ringbuf_full_rename",
+        "ringbuf_full_kill",
     ];
 }
 
@@ -393,6 +398,17 @@ pub struct RenameEvent {
     pub new: [u8; COMM_LEN],
 }
 const _: () = assert!(size_of::<RenameEvent>() == 32 + 32);
+
+/// A user process sent SIGKILL or SIGTERM to another process, with `kill(2)` or its kin
+/// (not the kernel: the OOM killer and others send with private siginfo, skipped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KillEvent {
+    pub hdr: EventHeader,
+    pub target_tgid: u32,
+    pub sig: u32,
+}
+const _: () = assert!(size_of::<KillEvent>() == 40);
 
 /// Payload a process sent on a watched TCP socket, as it left in a packet. `hdr.tgid` is the
 /// process that connected the socket (packets may leave outside its context).

@@ -220,6 +220,43 @@ pub fn runs_within(words: &[String], argv: &[String]) -> bool {
         .any(|i| base(&words[i]) == prog && words[i + 1..i + argv.len()] == *rest)
 }
 
+/// Names of mining programs, and of the mining malware that fights over nodes (Kinsing,
+/// kdevtmpfsi, and the like), as their executables and processes are called.
+const MINER_NAMES: &[&str] = &[
+    "xmrig",
+    "xmr-stak",
+    "xmr-stak-rx",
+    "kinsing",
+    "kdevtmpfsi",
+    "minerd",
+    "cpuminer",
+    "cpuminer-opt",
+    "ccminer",
+    "ethminer",
+    "nbminer",
+    "t-rex",
+    "phoenixminer",
+    "lolminer",
+    "srbminer",
+    "srbminer-multi",
+    "teamredminer",
+    "gminer",
+    "nanominer",
+    "bminer",
+    "xmrigdaemon",
+    "moneroocean",
+    "kthreaddi",
+    "xmr",
+];
+
+/// The miner's name `comm` or the executable `exe` has, if either is one.
+pub fn miner_name<'a>(comm: &'a str, exe: &'a str) -> Option<&'a str> {
+    let base = exe.rsplit('/').next().unwrap_or(exe);
+    [comm, base]
+        .into_iter()
+        .find(|n| MINER_NAMES.contains(&n.to_ascii_lowercase().as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +359,13 @@ mod tests {
         assert_eq!(launched(&v(&["bash", "-c"])), None);
         assert_eq!(launched(&v(&["/usr/bin/xmrig", "-o", "p"])), None);
         assert!(!runs_within(&words, &[]));
+    }
+
+    #[test]
+    fn miner_names_by_comm_or_executable() {
+        assert_eq!(miner_name("xmrig", "/tmp/xmrig"), Some("xmrig"));
+        assert_eq!(miner_name("dbus-helper", "/opt/x/Kinsing"), Some("Kinsing"));
+        assert_eq!(miner_name("bash", "/usr/bin/bash"), None);
+        assert_eq!(miner_name("xmrig-notes", "/usr/bin/vim"), None);
     }
 }

@@ -84,6 +84,7 @@ pub mod code {
     pub const POOL_LIKE_NAME: &str = "pool_like_name";
     pub const PERSISTENCE: &str = "persistence";
     pub const PROCESS_RENAME: &str = "process_rename";
+    pub const RIVAL_KILL: &str = "rival_kill";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -115,6 +116,13 @@ pub enum Finding {
         peer: SocketAddr,
     },
     /// A connection to an address, or a command line naming a host, on a pool list.
+    /// The process killed another that looks like a miner, not one of its own children.
+    RivalKill {
+        pid: u32,
+        /// Why it looks like a miner: its name, or its miner command line.
+        looks: String,
+        sig: u32,
+    },
     /// The process renamed itself after it started.
     ProcessRename {
         old: String,
@@ -280,6 +288,15 @@ impl Finding {
                 45,
                 format!("{}, on the pool list {source} as {entry}", what.describe()),
             ),
+            Finding::RivalKill { pid, looks, sig } => (
+                code::RIVAL_KILL,
+                15,
+                format!(
+                    "sent {} to process {pid} ({looks}), not a child of its own, as miners do \
+                     to rivals on a node they take over",
+                    if *sig == 9 { "SIGKILL" } else { "SIGTERM" }
+                ),
+            ),
             Finding::ProcessRename { old, new } => (
                 code::PROCESS_RENAME,
                 10,
@@ -385,6 +402,7 @@ pub const WEAK: &[&str] = &[
     code::LATERAL_SCAN,
     code::POOL_LIKE_NAME,
     code::PROCESS_RENAME,
+    code::RIVAL_KILL,
 ];
 
 /// The most that [`WEAK`] reasons add up to.

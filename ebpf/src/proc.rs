@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use minerwatch_common::{ExitEvent, ForkEvent, RenameEvent, kind, stat};
+use minerwatch_common::{ExitEvent, ForkEvent, KillEvent, RenameEvent, kind, stat};
 
 use crate::{
     maps::EVENTS,
@@ -139,4 +139,64 @@ fn try_proc_rename(ctx: &RawTracePointContext) -> Result<(), u32> {
     EVENTS
         .output::<RenameEvent>(&ev, lazy_wakeup())
         .map_err(|_| stat::RINGBUF_FULL_RENAME)
+}
+
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+/// `TRACE_SIGNAL_DELIVERED`: the signal was queued for the target.
+const SIGNAL_DELIVERED: i32 = 0;
+/// `kernel_siginfo.si_code`: at this offset in every kernel since siginfo was split.
+const SI_CODE_OFF: u32 = 8;
+
+/// Raw tracepoint `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct
+/// *task, int group, int result)`. Only SIGKILL and SIGTERM that a user process sent to
+/// another process (si_code at most 0: `kill`, `tgkill`, `sigqueue`) are reported; every other
+/// signal returns after two comparisons.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn proc_kill(ctx: RawTracePointContext) -> u32 {
+    if let Err(e) = try_proc_kill(&ctx) {
+        count(e);
+    }
+    0
+}
+
+fn try_proc_kill(ctx: &RawTracePointContext) -> Result<(), u32> {
+    let sig: u64 = ctx.arg(0);
+    let sig = sig as i32;
+    if sig != SIGKILL && sig != SIGTERM {
+        return Ok(());
+    }
+    let result: u64 = ctx.arg(4);
+    if result as i32 != SIGNAL_DELIVERED {
+        return Ok(());
+    }
+    // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1): sent by the kernel itself.
+    let info: *const u8 = ctx.arg(1);
+    if (info as usize) <= 1 {
+        return Ok(());
+    }
+    let code: i32 = kread(info, SI_CODE_OFF)?;
+    if code > 0 {
+        return Ok(()); // a kernel-generated signal (SI_KERNEL, a fault)
+    }
+    let Some((tgid, tid)) = current() else {
+        return Ok(());
+    };
+    let off = offsets().task_tgid;
+    if off == 0 {
+        return Ok(());
+    }
+    let task: *const u8 = ctx.arg(2);
+    let target_tgid: u32 = kread(task, off)?;
+    if target_tgid == tgid {
+        return Ok(());
+    }
+    let ev = KillEvent {
+        hdr: header(kind::KILL, tgid, tid),
+        target_tgid,
+        sig: sig as u32,
+    };
+    EVENTS
+        .output::<KillEvent>(&ev, lazy_wakeup())
+        .map_err(|_| stat::RINGBUF_FULL_KILL)
 }

@@ -41,7 +41,7 @@ fn check_says_every_hook_attaches() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed:\n{text}");
     assert!(
-        text.contains("14 of 14 attach")
+        text.contains("15 of 15 attach")
             && text.contains("net_ingress")
             && text.contains("fpu_switch")
             && text.contains("sysctl_write")
@@ -60,7 +60,7 @@ fn ready_record_lists_hooks() {
     let s = Sensor::start("ready", &[]);
     let attached = s.ready["hooks_attached"].as_array().unwrap();
     let missing = s.ready["hooks_missing"].as_array().unwrap();
-    assert_eq!(attached.len() + missing.len(), 16, "{}", s.ready);
+    assert_eq!(attached.len() + missing.len(), 17, "{}", s.ready);
     assert!(attached.iter().any(|h| h == "fpu_switch"), "{}", s.ready);
     // Only the optional hardware-counter hooks may be missing, each saying what it costs.
     for m in missing {

@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
-    EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP,
-    PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, RenameEvent,
-    SysctlEvent, kind,
+    EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, KillEvent, PAYLOAD_AFTER_BLANK,
+    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent,
+    RenameEvent, SysctlEvent, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -129,6 +129,15 @@ pub enum Event {
     File(FileEvent),
     /// A process's main thread changed its name (exec's own renaming included).
     Rename(Rename),
+    /// The process sent SIGKILL or SIGTERM to another.
+    Kill(Kill),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    pub meta: Meta,
+    pub target: u32,
+    pub sig: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,6 +200,7 @@ impl Event {
             Event::Dns(d) => &d.meta,
             Event::File(f) => &f.meta,
             Event::Rename(r) => &r.meta,
+            Event::Kill(k) => &k.meta,
         }
     }
 }
@@ -349,6 +359,14 @@ impl TryFrom<&[u8]> for Event {
                     answer: e.flags & PAYLOAD_DNS_ANSWER != 0,
                     data: e.data[..len].to_vec(),
                     cut: e.total as usize > len,
+                })
+            }
+            kind::KILL => {
+                let e: KillEvent = read(b)?;
+                Event::Kill(Kill {
+                    meta: meta(&e.hdr),
+                    target: e.target_tgid,
+                    sig: e.sig,
                 })
             }
             kind::RENAME => {

@@ -105,6 +105,16 @@ pub const HOOKS: &[Hook] = &[
         fallback: None,
     },
     Hook {
+        program: "proc_kill",
+        attach: Attach::RawTracePoint {
+            name: "signal_generate",
+        },
+        purpose: "SIGKILL and SIGTERM one user process sends another (miners killing rivals)",
+        lost: "rival_kill evidence",
+        optional: false,
+        fallback: None,
+    },
+    Hook {
         program: "net_connect4",
         attach: Attach::CgroupSockAddr("connect4"),
         purpose: "IPv4 connects: TCP sockets followed, connected UDP reported",

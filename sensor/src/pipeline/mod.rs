@@ -280,7 +280,8 @@ impl Pipeline {
             | Event::Sysctl(_)
             | Event::Dns(_)
             | Event::File(_)
-            | Event::Rename(_) => {}
+            | Event::Rename(_)
+            | Event::Kill(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.

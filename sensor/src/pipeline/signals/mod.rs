@@ -15,6 +15,7 @@ mod persistence;
 mod pool;
 mod port;
 mod rename;
+mod rival;
 mod rounding;
 mod shape;
 mod tuning;
@@ -98,6 +99,7 @@ pub const REGISTRY: &[NewSignal] = &[
     tuning::new,
     persistence::new,
     rename::new,
+    rival::new,
 ];
 
 /// The signals for `cfg`.
