@@ -120,6 +120,9 @@ pub mod kind {
     pub const RENAME: u32 = 10;
     /// A process sent SIGKILL or SIGTERM to another ([`crate::KillEvent`]).
     pub const KILL: u32 = 11;
+    /// How a long-lived, low-volume TCP connection talks ([`crate::FlowEvent`]): at most one
+    /// every [`crate::FLOW_REPORT_NS`] per connection, on the lifecycle ring.
+    pub const FLOW: u32 = 12;
 }
 
 /// Indices into the per-CPU `STATS` array. Every failure in a hook lands in one of these.
@@ -162,8 +165,11 @@ pub mod stat {
     pub const RINGBUF_FULL_RENAME: u32 = 18;
     /// A kill could not be reported (lifecycle ring full).
     pub const RINGBUF_FULL_KILL: u32 = 19;
+    /// A flow report could not be sent (lifecycle ring full); the next one carries the
+    /// totals, so only the timing of one report is lost.
+    pub const RINGBUF_FULL_FLOW: u32 = 20;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -187,6 +193,7 @@ pub mod stat {
         "ringbuf_full_dns",
         "ringbuf_full_rename",
         "ringbuf_full_kill",
+        "ringbuf_full_flow",
     ];
 }
 
@@ -457,6 +464,8 @@ pub const SOCK_GAP: u32 = 8;
 /// `SockState::flags`: a UDP socket that talks to port 53: its datagrams, both ways, are
 /// reported as DNS messages.
 pub const SOCK_DNS: u32 = 16;
+/// `SockState::flags`: a TCP socket this host connected: its flow is counted ([`Flow`]).
+pub const SOCK_TCP: u32 = 32;
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
 
@@ -485,8 +494,64 @@ pub struct SockState {
     pub dport: u16,
     /// Destination (for TCP: of the connect; for unconnected UDP: of the last datagram).
     pub daddr: [u8; 16],
+    /// How the connection talks, for TCP ([`SOCK_TCP`]).
+    pub flow: Flow,
 }
-const _: () = assert!(size_of::<SockState>() == 64);
+const _: () = assert!(size_of::<SockState>() == 64 + size_of::<Flow>());
+
+/// A client write begins after this long without payload from the client: the packets of
+/// one message (a share) count once.
+pub const FLOW_BURST_NS: u64 = 100_000_000;
+/// Server payload is a push (a new job) when it comes this long after anything the client
+/// sent and after the server's own last payload: an answer to a request comes sooner.
+pub const FLOW_PUSH_NS: u64 = 500_000_000;
+/// A connection is reported once it is this old, and then at most this often.
+pub const FLOW_REPORT_NS: u64 = 4_000_000_000;
+/// Only connections that moved at most this many bytes a second on average are reported:
+/// a pool connection moves a few hundred; bulk transfers are not what this looks for.
+pub const FLOW_MAX_RATE: u64 = 16 * 1024;
+
+/// Counters of one TCP connection's payload, both ways, kept in its socket storage by the
+/// packet hooks (`cgroup_skb` egress and ingress). Updates from the two directions can race
+/// on two CPUs and lose a count now and then; nothing else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns` at connect.
+    pub opened_ns: u64,
+    pub last_out_ns: u64,
+    pub last_in_ns: u64,
+    pub last_push_ns: u64,
+    pub reported_ns: u64,
+    pub out_bytes: u64,
+    pub in_bytes: u64,
+    /// Sum and sum of squares of the gaps between pushes, in milliseconds.
+    pub push_gap_ms: u64,
+    pub push_gap_ms_sq: u64,
+    /// Client writes ([`FLOW_BURST_NS`] apart), and the bytes of the largest.
+    pub writes: u32,
+    pub write_max: u32,
+    /// Bytes of the client write in progress.
+    pub write_bytes: u32,
+    /// Server payload that came unasked ([`FLOW_PUSH_NS`]).
+    pub pushes: u32,
+    /// Server payload that answered the client (came sooner).
+    pub replies: u32,
+    pub _pad: u32,
+}
+
+/// A report of a connection's [`Flow`], totals since connect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowEvent {
+    pub hdr: EventHeader,
+    pub cookie: u64,
+    pub family: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub daddr: [u8; 16],
+    pub flow: Flow,
+}
 
 #[cfg(feature = "user")]
 mod pod {

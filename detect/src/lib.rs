@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod fanout;
+pub mod flow;
 pub mod indicators;
 pub mod intel;
 pub mod persistence;
@@ -82,9 +83,12 @@ pub mod code {
     pub const LATERAL_SCAN: &str = "lateral_scan";
     pub const MINER_TUNING: &str = "miner_tuning";
     pub const POOL_LIKE_NAME: &str = "pool_like_name";
+    /// A name the process looked up in DNS is a pool's (on a list), or looks like one.
+    pub const POOL_DNS: &str = "pool_dns";
     pub const PERSISTENCE: &str = "persistence";
     pub const PROCESS_RENAME: &str = "process_rename";
     pub const RIVAL_KILL: &str = "rival_kill";
+    pub const FLOW_SHAPE: &str = "flow_shape";
 }
 
 /// Evidence about one process, produced by the sensor from kernel events.
@@ -116,6 +120,13 @@ pub enum Finding {
         peer: SocketAddr,
     },
     /// A connection to an address, or a command line naming a host, on a pool list.
+    /// One of its connections talks like a pool's ([`flow::judge`]), while it burns CPU.
+    FlowShape {
+        peer: SocketAddr,
+        shape: flow::Shape,
+        /// The connection began with a TLS handshake.
+        tls: bool,
+    },
     /// The process killed another that looks like a miner, not one of its own children.
     RivalKill {
         pid: u32,
@@ -187,6 +198,15 @@ pub enum PoolSighting {
 }
 
 impl PoolSighting {
+    /// The process met the name in DNS (`pool_dns`), not on its command line, in a
+    /// ClientHello or at a connect to a listed address (`pool_intel`).
+    pub fn is_lookup(&self) -> bool {
+        matches!(
+            self,
+            PoolSighting::Lookup { .. } | PoolSighting::Resolved { .. }
+        )
+    }
+
     /// How the process met the name or address, for a person.
     fn describe(&self) -> String {
         match self {
@@ -211,6 +231,11 @@ pub struct Reason {
     pub detail: String,
     #[serde(skip)]
     pub weight: u32,
+    /// Normal on HPC nodes: counts toward [`WEAK_CAP`] only. Every reason of a [`WEAK`]
+    /// code, and a pool-like name looked up in DNS (`pool_dns` at weight 10; a listed one is
+    /// strong).
+    #[serde(skip)]
+    pub weak: bool,
 }
 
 impl Finding {
@@ -284,10 +309,41 @@ impl Finding {
                 entry,
                 source,
             } => (
-                code::POOL_INTEL,
+                if what.is_lookup() {
+                    code::POOL_DNS
+                } else {
+                    code::POOL_INTEL
+                },
                 45,
                 format!("{}, on the pool list {source} as {entry}", what.describe()),
             ),
+            Finding::FlowShape { peer, shape, tls } => {
+                let t = &shape.totals;
+                (
+                    code::FLOW_SHAPE,
+                    15,
+                    format!(
+                        "{}connection to {peer} open {}, talking like a pool's: {} of at most \
+                         {} B, {} unasked every {:.1} s on average ({} ±{:.0} %), {}, {} B out \
+                         and {} B in; while the process burns CPU",
+                        if *tls { "TLS " } else { "" },
+                        human_secs(t.age_secs),
+                        count_of(t.writes.into(), "client write"),
+                        t.write_max,
+                        count_of(t.pushes.into(), "server push"),
+                        shape.push_every,
+                        if shape.periodic() {
+                            "periodic"
+                        } else {
+                            "irregular"
+                        },
+                        shape.spread * 100.0,
+                        count_of(t.replies.into(), "reply"),
+                        group_thousands(t.out_bytes),
+                        group_thousands(t.in_bytes),
+                    ),
+                )
+            }
             Finding::RivalKill { pid, looks, sig } => (
                 code::RIVAL_KILL,
                 15,
@@ -325,7 +381,11 @@ impl Finding {
                 ),
             ),
             Finding::PoolLikeName { what, word } => (
-                code::POOL_LIKE_NAME,
+                if what.is_lookup() {
+                    code::POOL_DNS
+                } else {
+                    code::POOL_LIKE_NAME
+                },
                 10,
                 format!("{}, which has the pool-like word `{word}`", what.describe()),
             ),
@@ -387,6 +447,7 @@ impl Finding {
             code,
             detail,
             weight,
+            weak: WEAK.contains(&code) || matches!(self, Finding::PoolLikeName { .. }),
         }
     }
 }
@@ -403,6 +464,7 @@ pub const WEAK: &[&str] = &[
     code::POOL_LIKE_NAME,
     code::PROCESS_RENAME,
     code::RIVAL_KILL,
+    code::FLOW_SHAPE,
 ];
 
 /// The most that [`WEAK`] reasons add up to.
@@ -412,7 +474,7 @@ pub const WEAK_CAP: u32 = 29;
 pub fn score<'a>(reasons: impl IntoIterator<Item = &'a Reason>) -> u32 {
     let (mut strong, mut weak) = (0, 0);
     for r in reasons {
-        if WEAK.contains(&r.code) {
+        if r.weak {
             weak += r.weight;
         } else {
             strong += r.weight;
@@ -440,6 +502,22 @@ pub fn group_thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// `n` things, in English: "1 reply", "3 replies", "2 server pushes".
+fn count_of(n: u64, one: &str) -> String {
+    let many = if let Some(stem) = one.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if one.ends_with("sh") || one.ends_with('s') {
+        format!("{one}es")
+    } else {
+        format!("{one}s")
+    };
+    format!(
+        "{} {}",
+        group_thousands(n),
+        if n == 1 { one } else { &many }
+    )
 }
 
 pub fn human_secs(s: u64) -> String {
@@ -534,6 +612,13 @@ impl Case {
         })
     }
 
+    /// The case has evidence of kind `code`.
+    pub fn has(&self, code: &str) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.reasons.contains_key(code))
+    }
+
     /// Something was raised about this process.
     pub fn is_open(&self) -> bool {
         self.state.is_some()
@@ -573,6 +658,14 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::stratum::Dialect;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(count_of(1, "reply"), "1 reply");
+        assert_eq!(count_of(3, "reply"), "3 replies");
+        assert_eq!(count_of(2, "server push"), "2 server pushes");
+        assert_eq!(count_of(1_200, "client write"), "1,200 client writes");
+    }
 
     fn login() -> Finding {
         Finding::Stratum {
@@ -712,6 +805,61 @@ mod tests {
         // One miner-specific reason on top counts in full.
         let a = e.observe(3, 4, &fingerprint()).unwrap();
         assert_eq!((a.score, a.severity), (55 + WEAK_CAP, Severity::High));
+    }
+
+    #[test]
+    fn a_pool_like_lookup_is_weak_pool_dns_and_a_listed_one_strong() {
+        let server: SocketAddr = "10.0.0.53:53".parse().unwrap();
+        let lookup = |name: &str| PoolSighting::Lookup {
+            name: name.into(),
+            server,
+        };
+        let like = Finding::PoolLikeName {
+            what: lookup("xmr.example.org"),
+            word: "xmr",
+        };
+        let listed = Finding::PoolIntel {
+            what: lookup("eu.pool.example"),
+            entry: "pool.example".into(),
+            source: "bundled".into(),
+        };
+        let (r1, r2) = (like.reason(), listed.reason());
+        assert_eq!((r1.code, r1.weak), (code::POOL_DNS, true));
+        assert_eq!((r2.code, r2.weak), (code::POOL_DNS, false));
+        let mut e = Engine::new();
+        e.observe(5, 1, &burn(false));
+        e.observe(
+            5,
+            2,
+            &Finding::ExeLocation {
+                exe: "/tmp/x".into(),
+                why: "is in /tmp",
+            },
+        );
+        // Weak with the other weak ones: capped, low.
+        let a = e.observe(5, 3, &like).unwrap();
+        assert_eq!((a.score, a.severity), (WEAK_CAP, Severity::Low));
+        // The listed lookup replaces it (one reason per code, the stronger) and counts in full.
+        let a = e.observe(5, 4, &listed).unwrap();
+        assert_eq!((a.score, a.severity), (45 + 29, Severity::High));
+        assert_eq!(
+            a.reasons
+                .iter()
+                .filter(|r| r.code == code::POOL_DNS)
+                .count(),
+            1
+        );
+        // Seen at a connect or in a ClientHello, a name stays pool_intel / pool_like_name.
+        let sni = PoolSighting::Sni {
+            name: "eu.pool.example".into(),
+            peer: "10.0.0.1:443".parse().unwrap(),
+        };
+        let r = Finding::PoolLikeName {
+            what: sni,
+            word: "pool",
+        }
+        .reason();
+        assert_eq!((r.code, r.weak), (code::POOL_LIKE_NAME, true));
     }
 
     fn fingerprint() -> Finding {

@@ -2,7 +2,9 @@
 //! its own sockets. A UDP socket gets [`SOCK_DNS`] in its storage when it is connected to
 //! port 53 or sends a datagram there (`net`); `cgroup_skb/egress` copies the queries that
 //! leave it, and `cgroup_skb/ingress` (this file) the answers that reach it. The sensor never
-//! sends a query itself. A received packet of any other socket costs one storage lookup.
+//! sends a query itself. The same hook counts the received payload of followed TCP sockets
+//! for their flow shape (`flow`). A received packet of any other socket costs one storage
+//! lookup.
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::{bpf_ringbuf_output, bpf_sk_fullsock, bpf_skb_load_bytes},
@@ -10,7 +12,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use minerwatch_common::{
-    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PayloadEvent, SOCK_DNS, SockState, kind, stat,
+    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PayloadEvent, SOCK_DNS, SOCK_TCP, SockState, kind, stat,
 };
 
 use crate::{
@@ -30,7 +32,7 @@ const SLOT_EGRESS: u32 = 1;
 const SLOT_INGRESS: u32 = 2;
 
 /// `cgroup_skb/ingress` on the root cgroup v2 (4.10+): answers to the DNS queries of
-/// followed sockets.
+/// followed sockets, and the server's side of followed TCP flows.
 #[cgroup_skb(ingress)]
 pub fn net_ingress(ctx: SkBuffContext) -> i32 {
     if let Err(e) = try_net_ingress(&ctx) {
@@ -54,8 +56,11 @@ fn try_net_ingress(ctx: &SkBuffContext) -> Result<(), u32> {
     if st.is_null() {
         return Ok(());
     }
-    // SAFETY: storage of this socket; read only here.
-    let st = unsafe { &*st };
+    // SAFETY: storage of this socket; only the flow counters are written here.
+    let st = unsafe { &mut *st };
+    if st.flags & SOCK_TCP != 0 {
+        return crate::flow::on_packet(ctx, st, false);
+    }
     if st.flags & SOCK_DNS == 0 {
         return Ok(());
     }

@@ -9,6 +9,7 @@
 mod cpu;
 mod dns;
 mod exec;
+mod flow;
 mod fpu;
 mod maps;
 mod net;

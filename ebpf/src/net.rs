@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, DNS_PORT, PROTO_TCP, PROTO_UDP,
-    SOCK_CONNECTING, SOCK_DNS, SOCK_STREAM_KEPT, SOCK_WATCH, SockState, kind, stat,
+    SOCK_CONNECTING, SOCK_DNS, SOCK_STREAM_KEPT, SOCK_TCP, SOCK_WATCH, SockState, kind, stat,
 };
 
 use crate::{
@@ -183,7 +183,9 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
             .output::<ConnectEvent>(&ev, lazy_wakeup())
             .map_err(|_| stat::RINGBUF_FULL_CONNECT);
     }
-    fresh.flags = SOCK_WATCH | SOCK_CONNECTING;
+    fresh.flags = SOCK_WATCH | SOCK_CONNECTING | SOCK_TCP;
+    // SAFETY: helper with no preconditions.
+    fresh.flow.opened_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // SAFETY: the socket of this context; the helper creates the storage if missing.
     let st = unsafe { SOCKS.get_or_insert_ptr_mut(ctx, Some(&mut fresh)) };
     if st.is_null() {

@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use minerwatch_common::{
     BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PROCESS_PAYLOAD_BYTES,
-    PayloadBudget, PayloadEvent, SOCK_DNS, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_WATCH, WATCH_BYTES,
-    WATCH_RECORDS, kind, stat,
+    PayloadBudget, PayloadEvent, SOCK_DNS, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_TCP, SOCK_WATCH,
+    WATCH_BYTES, WATCH_RECORDS, kind, stat,
 };
 
 use crate::{
@@ -251,6 +251,11 @@ fn try_net_egress<const SKIP_BLANK: bool>(ctx: &SkBuffContext) -> Result<(), u32
     let st = unsafe { &mut *st };
     if st.flags & SOCK_DNS != 0 {
         return crate::dns::dns_record(ctx, st, 0);
+    }
+    if st.flags & SOCK_TCP != 0
+        && let Err(e) = crate::flow::on_packet(ctx, st, true)
+    {
+        count(e);
     }
     if st.flags & SOCK_WATCH == 0 {
         return Ok(());

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub jsonl: Option<String>,
     pub saturation_window: Option<u64>,
     pub saturation_threshold: Option<f64>,
+    /// How long a connection must be open before its shape counts (`flow_shape`).
+    pub flow_window: Option<u64>,
     pub cpu_sample_hz: Option<u64>,
     pub stats_interval: Option<u64>,
     pub miner_ports: Option<Vec<u16>>,
@@ -84,6 +86,7 @@ impl FileConfig {
             jsonl: over.jsonl.or(self.jsonl),
             saturation_window: over.saturation_window.or(self.saturation_window),
             saturation_threshold: over.saturation_threshold.or(self.saturation_threshold),
+            flow_window: over.flow_window.or(self.flow_window),
             cpu_sample_hz: over.cpu_sample_hz.or(self.cpu_sample_hz),
             stats_interval: over.stats_interval.or(self.stats_interval),
             miner_ports: over.miner_ports.or(self.miner_ports),
@@ -132,6 +135,7 @@ pub struct Config {
     pub jsonl: Option<JsonlTarget>,
     pub saturation_window: Duration,
     pub saturation_threshold: f64,
+    pub flow_window: Duration,
     pub cpu_sample_hz: u64,
     /// Zero disables the periodic `stats` record.
     pub stats_interval: Duration,
@@ -166,6 +170,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "saturation_window",
                 reason: format!("{window} s is outside 1..=86400"),
+            });
+        }
+        let flow_window = f.flow_window.unwrap_or(60);
+        if !(5..=86_400).contains(&flow_window) {
+            return Err(ConfigError::Invalid {
+                field: "flow_window",
+                reason: format!("{flow_window} s is outside 5..=86400"),
             });
         }
         let threshold = f.saturation_threshold.unwrap_or(0.9);
@@ -266,6 +277,7 @@ impl Config {
             jsonl,
             saturation_window: Duration::from_secs(window),
             saturation_threshold: threshold,
+            flow_window: Duration::from_secs(flow_window),
             cpu_sample_hz: hz,
             stats_interval: Duration::from_secs(f.stats_interval.unwrap_or(60)),
             miner_ports: f

@@ -91,6 +91,9 @@ struct RunArgs {
     /// Share of one core that counts as saturated, 1.0 = a whole core [default: 0.9].
     #[arg(long, value_name = "SHARE")]
     saturation_threshold: Option<f64>,
+    /// How long a connection must be open before its shape counts as a pool's [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    flow_window: Option<u64>,
     /// cpu-clock sampling rate per CPU [default: 99].
     #[arg(long, value_name = "HZ")]
     cpu_sample_hz: Option<u64>,
@@ -166,6 +169,7 @@ impl RunArgs {
             jsonl: self.jsonl.clone(),
             saturation_window: self.saturation_window,
             saturation_threshold: self.saturation_threshold,
+            flow_window: self.flow_window,
             cpu_sample_hz: self.cpu_sample_hz,
             stats_interval: self.stats_interval,
             miner_ports: None,

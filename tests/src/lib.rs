@@ -509,7 +509,12 @@ impl Pool {
     }
 }
 
-/// Serves one client: a line in, a reply out. Reads time out every 200 ms so `stop` is seen.
+/// Gaps between the jobs the stand-in pool pushes after a login, in milliseconds, in turn:
+/// irregular, as a real pool's (new blocks, difficulty changes).
+const PUSH_GAPS_MS: [u64; 7] = [1200, 2700, 1600, 3100, 2000, 1400, 2900];
+
+/// Serves one client: a line in, a reply out, and after the login a new job now and then, as
+/// pools push them. Reads time out every 200 ms so `stop` and the next push are seen.
 fn serve_conn(
     conn: impl std::io::Read + Write,
     lines: Arc<Mutex<Vec<String>>>,
@@ -517,7 +522,25 @@ fn serve_conn(
 ) {
     let mut r = BufReader::new(conn);
     let mut line = String::new();
+    let mut pushed = 0usize;
+    let mut next_push: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(at) = next_push
+            && Instant::now() >= at
+        {
+            pushed += 1;
+            let job = JOB.replace("\"mw1\"", &format!("\"mw{}\"", pushed + 1));
+            let w = r.get_mut();
+            let push = format!(r#"{{"jsonrpc":"2.0","method":"job","params":{job}}}"#);
+            if w.write_all(push.as_bytes())
+                .and_then(|()| w.write_all(b"\n"))
+                .and_then(|()| w.flush())
+                .is_err()
+            {
+                return;
+            }
+            next_push = Some(at + Duration::from_millis(PUSH_GAPS_MS[pushed % PUSH_GAPS_MS.len()]));
+        }
         // A read that timed out keeps what it had read of the line: the rest follows.
         match r.read_line(&mut line) {
             Ok(0) => return,
@@ -528,9 +551,13 @@ fn serve_conn(
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 let id = v["id"].clone();
                 let reply = match v["method"].as_str() {
-                    Some("login") => format!(
-                        r#"{{"id":{id},"jsonrpc":"2.0","error":null,"result":{{"id":"mw-test","job":{JOB},"extensions":["keepalive"],"status":"OK"}}}}"#
-                    ),
+                    Some("login") => {
+                        next_push
+                            .get_or_insert(Instant::now() + Duration::from_millis(PUSH_GAPS_MS[0]));
+                        format!(
+                            r#"{{"id":{id},"jsonrpc":"2.0","error":null,"result":{{"id":"mw-test","job":{JOB},"extensions":["keepalive"],"status":"OK"}}}}"#
+                        )
+                    }
                     _ => format!(
                         r#"{{"id":{id},"jsonrpc":"2.0","error":null,"result":{{"status":"OK"}}}}"#
                     ),

@@ -25,10 +25,12 @@ fn miner(s: &mut Sensor, exe: &std::path::Path) -> Proc {
     p
 }
 
-fn kill(pid: u32) -> u32 {
+/// `kill -9` of every pid in `pids`, by one process; returns its pid.
+fn kill(pids: &[u32]) -> u32 {
     let mut k = Proc::spawn(
         Command::new("kill")
-            .args(["-9", &pid.to_string()])
+            .arg("-9")
+            .args(pids.iter().map(u32::to_string))
             .stdout(Stdio::null()),
     );
     let kpid = k.pid();
@@ -46,26 +48,28 @@ fn killing_a_miner_one_did_not_start_is_evidence() {
     fs::copy(CLIENT, &exe).unwrap();
     let mut s = Sensor::start("rival", &["--stats-interval", "1"]);
 
-    // `kill -9` of a miner it did not start.
-    let m = miner(&mut s, &exe);
-    let killer = kill(m.pid());
+    // `kill -9` of three miners it did not start, as malware clearing a node does.
+    let miners: Vec<Proc> = (0..3).map(|_| miner(&mut s, &exe)).collect();
+    let pids: Vec<u32> = miners.iter().map(Proc::pid).collect();
+    let killer = kill(&pids);
     let a = s
         .wait_alert(killer, "rival_kill", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("a rival kill not seen:\n{}", s.stderr_text()));
     let detail = a["reasons"][0]["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.contains(&format!("SIGKILL to process {} (named xmrig)", m.pid())),
+        pids.iter()
+            .any(|p| detail.contains(&format!("SIGKILL to process {p} (named xmrig)"))),
         "{a}"
     );
     assert_eq!(a["severity"], "low", "weak: {a}");
-    drop(m);
+    drop(miners);
 
     // The parent (this test) stopping its own miner, and `kill` of something else: nothing.
     let m = miner(&mut s, &exe);
     // SAFETY: kill(2) of our own child.
     unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
     let other = Proc::spawn(Command::new("sleep").arg("5"));
-    let killer = kill(other.pid());
+    let killer = kill(&[other.pid()]);
     s.settled(killer, Duration::from_secs(10));
     let me = std::process::id();
     for pid in [me, killer] {
@@ -77,5 +81,6 @@ fn killing_a_miner_one_did_not_start_is_evidence() {
             s.alerts_for(pid)
         );
     }
-    assert_eq!(s.status()["counters"]["rival_kills"].as_u64(), Some(1));
+    // Each of the three kills counted; the parent's and the sleep's not.
+    assert_eq!(s.status()["counters"]["rival_kills"].as_u64(), Some(3));
 }

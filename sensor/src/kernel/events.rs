@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
-    EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, ForkEvent, KillEvent, PAYLOAD_AFTER_BLANK,
-    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent,
-    RenameEvent, SysctlEvent, kind,
+    EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, FlowEvent, ForkEvent, KillEvent,
+    PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP,
+    PROTO_UDP, PayloadEvent, RenameEvent, SysctlEvent, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,6 +131,19 @@ pub enum Event {
     Rename(Rename),
     /// The process sent SIGKILL or SIGTERM to another.
     Kill(Kill),
+    /// How one of its long-lived, quiet TCP connections talks.
+    Flow(FlowReport),
+}
+
+/// The totals of a followed TCP connection's payload so far (see `minerwatch_common::Flow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowReport {
+    pub meta: Meta,
+    pub cookie: u64,
+    pub peer: SocketAddr,
+    /// Since connect.
+    pub age_ns: u64,
+    pub flow: minerwatch_common::Flow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +214,7 @@ impl Event {
             Event::File(f) => &f.meta,
             Event::Rename(r) => &r.meta,
             Event::Kill(k) => &k.meta,
+            Event::Flow(f) => &f.meta,
         }
     }
 }
@@ -359,6 +373,16 @@ impl TryFrom<&[u8]> for Event {
                     answer: e.flags & PAYLOAD_DNS_ANSWER != 0,
                     data: e.data[..len].to_vec(),
                     cut: e.total as usize > len,
+                })
+            }
+            kind::FLOW => {
+                let e: FlowEvent = read(b)?;
+                Event::Flow(FlowReport {
+                    meta: meta(&e.hdr),
+                    cookie: e.cookie,
+                    peer: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
+                    age_ns: e.hdr.ktime_ns.saturating_sub(e.flow.opened_ns),
+                    flow: e.flow,
                 })
             }
             kind::KILL => {

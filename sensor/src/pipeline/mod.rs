@@ -281,7 +281,8 @@ impl Pipeline {
             | Event::Dns(_)
             | Event::File(_)
             | Event::Rename(_)
-            | Event::Kill(_) => {}
+            | Event::Kill(_)
+            | Event::Flow(_) => {}
         }
         let t = match &ev {
             // A close concerns a stream already held, never a process to read from /proc.

@@ -13,7 +13,9 @@
 //! NAME up through the system resolver, as a miner given a pool's name does, and connects to
 //! the first address), `rename NAME` (the main thread takes NAME with `prctl(PR_SET_NAME)`,
 //! then waits 3 s), `rename-thread NAME` (a second thread names itself NAME, as thread pools
-//! do, then the process waits 2 s).
+//! do, then the process waits 2 s), `heartbeat ADDR SECONDS` (a thread burns a core while
+//! the main thread asks ADDR a line every 700 ms and reads its answer, as a licence client
+//! does).
 use std::{
     io::{BufRead, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -155,6 +157,27 @@ fn main() {
                 .expect("an address");
             let s = TcpStream::connect(to).expect("connect");
             linger(s);
+        }
+        "heartbeat" => {
+            let secs = Duration::from_secs(arg(3).parse().expect("seconds"));
+            let until = Instant::now() + secs;
+            std::thread::spawn(move || {
+                let mut x: u64 = 1;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+            let s = TcpStream::connect(addr(2)).expect("connect");
+            let mut answers = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut w = &s;
+            let mut line = String::new();
+            while Instant::now() < until {
+                w.write_all(b"checkout feature=solver\n").expect("ask");
+                line.clear();
+                answers.read_line(&mut line).expect("answer");
+                assert!(!line.is_empty(), "the server hung up");
+                std::thread::sleep(Duration::from_millis(700));
+            }
         }
         "burn" => {
             let until = Instant::now() + Duration::from_secs(arg(2).parse().expect("seconds"));

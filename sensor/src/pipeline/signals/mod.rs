@@ -11,6 +11,7 @@ mod cpu;
 mod dns;
 mod fanout;
 mod first_bytes;
+mod flow;
 mod persistence;
 mod pool;
 mod port;
@@ -100,6 +101,7 @@ pub const REGISTRY: &[NewSignal] = &[
     persistence::new,
     rename::new,
     rival::new,
+    flow::new,
 ];
 
 /// The signals for `cfg`.

@@ -1,0 +1,113 @@
+//! Flow shape: how a TCP connection this host opened talks, when its payload says nothing
+//! (TLS, Stratum V2). The packet hooks that already look up each packet's socket storage
+//! count, for followed TCP sockets only, the client's writes (bursts of payload), the
+//! server's payload that answers them and the server's payload that comes unasked (pushes,
+//! as a pool pushes jobs), with the gaps between pushes. A connection old enough and quiet
+//! enough ([`FLOW_MAX_RATE`]) is reported at most every [`FLOW_REPORT_NS`]; user space
+//! judges the shape.
+use aya_ebpf::programs::SkBuffContext;
+use minerwatch_common::{
+    EventHeader, FLOW_BURST_NS, FLOW_MAX_RATE, FLOW_PUSH_NS, FLOW_REPORT_NS, FlowEvent, SockState,
+    kind, stat,
+};
+
+use crate::{
+    maps::EVENTS,
+    payload::load,
+    util::{count, lazy_wakeup},
+};
+
+const IPPROTO_TCP: u8 = 6;
+
+/// TCP payload bytes in the packet; 0 for anything else (pure ACKs, other protocols).
+#[inline(always)]
+fn payload_len(ctx: &SkBuffContext) -> Result<u32, u32> {
+    let mut v: u8 = 0;
+    load(ctx, 0, &mut v)?;
+    let l4 = match v >> 4 {
+        4 => u32::from(v & 0x0f) * 4,
+        6 => {
+            let mut next: u8 = 0;
+            load(ctx, 6, &mut next)?;
+            if next != IPPROTO_TCP {
+                return Ok(0);
+            }
+            40
+        }
+        _ => return Ok(0),
+    };
+    let mut doff: u8 = 0;
+    load(ctx, l4 + 12, &mut doff)?;
+    Ok(ctx.len().saturating_sub(l4 + u32::from(doff >> 4) * 4))
+}
+
+/// Counts one packet of a followed TCP socket; `out` when it leaves.
+#[inline(always)]
+pub fn on_packet(ctx: &SkBuffContext, st: &mut SockState, out: bool) -> Result<(), u32> {
+    let len = payload_len(ctx)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let f = &mut st.flow;
+    if out {
+        if now.wrapping_sub(f.last_out_ns) >= FLOW_BURST_NS {
+            f.writes = f.writes.wrapping_add(1);
+            f.write_bytes = 0;
+        }
+        f.write_bytes = f.write_bytes.saturating_add(len);
+        if f.write_bytes > f.write_max {
+            f.write_max = f.write_bytes;
+        }
+        f.out_bytes = f.out_bytes.wrapping_add(u64::from(len));
+        f.last_out_ns = now;
+    } else {
+        if now.wrapping_sub(f.last_out_ns) >= FLOW_PUSH_NS
+            && now.wrapping_sub(f.last_in_ns) >= FLOW_PUSH_NS
+        {
+            f.pushes = f.pushes.wrapping_add(1);
+            if f.last_push_ns != 0 {
+                let gap = now.wrapping_sub(f.last_push_ns) / 1_000_000;
+                f.push_gap_ms = f.push_gap_ms.wrapping_add(gap);
+                f.push_gap_ms_sq = f.push_gap_ms_sq.wrapping_add(gap.wrapping_mul(gap));
+            }
+            f.last_push_ns = now;
+        } else if now.wrapping_sub(f.last_in_ns) >= FLOW_BURST_NS {
+            f.replies = f.replies.wrapping_add(1);
+        }
+        f.in_bytes = f.in_bytes.wrapping_add(u64::from(len));
+        f.last_in_ns = now;
+    }
+    if now.wrapping_sub(f.opened_ns) < FLOW_REPORT_NS
+        || now.wrapping_sub(f.reported_ns) < FLOW_REPORT_NS
+    {
+        return Ok(());
+    }
+    f.reported_ns = now;
+    let secs = now.wrapping_sub(f.opened_ns) / 1_000_000_000;
+    if f.out_bytes.wrapping_add(f.in_bytes) > FLOW_MAX_RATE.wrapping_mul(secs) {
+        return Ok(());
+    }
+    let ev = FlowEvent {
+        // Packets may leave outside the process's context: who and where are the storage's.
+        hdr: EventHeader {
+            kind: kind::FLOW,
+            tgid: st.tgid,
+            tid: 0,
+            _pad: 0,
+            ktime_ns: now,
+            cgroup_id: st.cgroup_id,
+        },
+        cookie: st.cookie,
+        family: st.family,
+        dport: st.dport,
+        _pad: 0,
+        daddr: st.daddr,
+        flow: st.flow,
+    };
+    if EVENTS.output::<FlowEvent>(&ev, lazy_wakeup()).is_err() {
+        count(stat::RINGBUF_FULL_FLOW);
+    }
+    Ok(())
+}
