@@ -242,11 +242,21 @@ impl Finding {
     pub fn reason(&self) -> Reason {
         let (code, weight, detail) = match self {
             Finding::Stratum { call, peer } => {
-                let mut d = format!(
-                    "Stratum `{}` ({} dialect)",
-                    call.method,
-                    call.dialect.name()
-                );
+                let mut d = match (call.dialect, call.http) {
+                    (stratum::Dialect::SoloRpc, _) => format!(
+                        "solo-mining call `{}` to a node daemon's RPC{}",
+                        call.method,
+                        if call.http { " over HTTP" } else { "" }
+                    ),
+                    (dialect, true) => format!(
+                        "mining call `{}` ({} dialect) over HTTP",
+                        call.method,
+                        dialect.name()
+                    ),
+                    (dialect, false) => {
+                        format!("Stratum `{}` ({} dialect)", call.method, dialect.name())
+                    }
+                };
                 if let Some(p) = peer {
                     d += &format!(" to {p}");
                 }
@@ -676,6 +686,7 @@ mod tests {
                 login: Some("44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft".into()),
                 proxy: None,
                 partial: false,
+                http: false,
             },
             peer: Some("10.1.2.3:443".parse().unwrap()),
         }

@@ -4,6 +4,11 @@
 //! whitespace do not matter) and look at `method` and `params`. A proxy handshake
 //! in front (SOCKS4/4a/5, HTTP CONNECT) is skipped first. When the capture budget ran out
 //! before the line ended, a bounded scan for the `"method"` value decides instead.
+//!
+//! Solo miners skip the pool and ask a node daemon for work over HTTP: XMRig with
+//! `"daemon": true` POSTs `getblocktemplate` to monerod's `/json_rpc`, bitcoind and geth
+//! take `getblocktemplate` and `eth_getWork` the same way. An HTTP POST's JSON body is judged
+//! like a Stratum line, and its `User-Agent` names the agent.
 use serde_json::Value;
 
 /// Which family of the protocol the call belongs to.
@@ -19,6 +24,8 @@ pub enum Dialect {
     EthereumStratum,
     /// The ETHProxy flavour: `eth_submitLogin`, `eth_getWork`, `eth_submitWork`.
     EthProxy,
+    /// Solo mining against a node daemon's RPC: `getblocktemplate`, `submitblock`.
+    SoloRpc,
 }
 
 impl Dialect {
@@ -28,6 +35,7 @@ impl Dialect {
             Dialect::Bitcoin => "Bitcoin",
             Dialect::EthereumStratum => "EthereumStratum",
             Dialect::EthProxy => "Ethereum proxy",
+            Dialect::SoloRpc => "solo-mining daemon RPC",
         }
     }
 }
@@ -52,6 +60,8 @@ pub struct StratumCall {
     pub proxy: Option<Proxy>,
     /// Recognised from a truncated capture by the `"method"` scan, not a full JSON parse.
     pub partial: bool,
+    /// The body of an HTTP POST (a daemon's RPC), not a Stratum line.
+    pub http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +91,10 @@ const METHODS: &[(&str, Dialect)] = &[
     ("eth_getWork", Dialect::EthProxy),
     ("eth_submitWork", Dialect::EthProxy),
     ("eth_submitHashrate", Dialect::EthProxy),
+    ("getblocktemplate", Dialect::SoloRpc),
+    ("get_block_template", Dialect::SoloRpc),
+    ("submitblock", Dialect::SoloRpc),
+    ("submit_block", Dialect::SoloRpc),
 ];
 
 /// Monero's `login`/`submit`/`keepalived` are short, common words: they only count when the
@@ -106,6 +120,13 @@ pub fn classify(buf: &[u8], complete: bool) -> Verdict {
         ProxyStrip::Done(p, rest) => (p, rest),
     };
     let body = trim_start(rest);
+    let (body, http_agent) = match http_post(body) {
+        Http::Not => (body, None),
+        Http::NeedMore if complete => return Verdict::NotStratum,
+        Http::NeedMore => return Verdict::NeedMore,
+        Http::Post { agent, body } => (trim_start(body), Some(agent)),
+    };
+    let http = http_agent.is_some();
     if body.is_empty() {
         return if complete {
             Verdict::NotStratum
@@ -117,7 +138,7 @@ pub fn classify(buf: &[u8], complete: bool) -> Verdict {
         return Verdict::NotStratum;
     }
     // The first JSON value, wherever it ends (normally at the newline that ends the line).
-    match serde_json::Deserializer::from_slice(body)
+    let verdict = match serde_json::Deserializer::from_slice(body)
         .into_iter::<Value>()
         .next()
     {
@@ -130,6 +151,66 @@ pub fn classify(buf: &[u8], complete: bool) -> Verdict {
             }
         }
         _ => Verdict::NotStratum,
+    };
+    match verdict {
+        Verdict::Stratum(mut call) if http => {
+            call.http = true;
+            if call.agent.is_none() {
+                call.agent = http_agent.flatten();
+            }
+            Verdict::Stratum(call)
+        }
+        v => v,
+    }
+}
+
+/// What an HTTP request in front of a JSON body came to.
+enum Http<'a> {
+    /// Not an HTTP POST.
+    Not,
+    NeedMore,
+    /// A POST: its `User-Agent`, and what follows the headers.
+    Post {
+        agent: Option<String>,
+        body: &'a [u8],
+    },
+}
+
+/// Headers longer than this are not a miner's.
+const HTTP_HEADERS_MAX: usize = 8192;
+
+fn http_post(b: &[u8]) -> Http<'_> {
+    const POST: &[u8] = b"POST ";
+    if b.len() < POST.len() {
+        return if POST.starts_with(b) {
+            Http::NeedMore
+        } else {
+            Http::Not
+        };
+    }
+    if !b.starts_with(POST) {
+        return Http::Not;
+    }
+    let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if b.len() > HTTP_HEADERS_MAX {
+            Http::Not
+        } else {
+            Http::NeedMore
+        };
+    };
+    let agent = b[..end]
+        .split(|&c| c == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&c| c == b':')?;
+            let (name, value) = line.split_at(colon);
+            name.eq_ignore_ascii_case(b"user-agent")
+                .then(|| String::from_utf8_lossy(trim_start(&value[1..])).into_owned())
+        })
+        .next();
+    Http::Post {
+        agent,
+        body: &b[end + 4..],
     }
 }
 
@@ -149,7 +230,11 @@ fn judge(v: &Value, proxy: Option<Proxy>) -> Verdict {
     match params {
         Value::Object(p) => {
             agent = p.get("agent").and_then(Value::as_str).map(str::to_owned);
-            login = p.get("login").and_then(Value::as_str).map(str::to_owned);
+            login = p
+                .get("login")
+                .or_else(|| p.get("wallet_address"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
         }
         Value::Array(a) => {
             let first = a.first().and_then(Value::as_str).map(str::to_owned);
@@ -186,6 +271,7 @@ fn judge(v: &Value, proxy: Option<Proxy>) -> Verdict {
         login,
         proxy,
         partial: false,
+        http: false,
     })
 }
 
@@ -218,6 +304,7 @@ fn scan_method(line: &[u8], proxy: Option<Proxy>) -> Verdict {
             login: None,
             proxy,
             partial: true,
+            http: false,
         }),
         None if method == "login" && line.windows(8).any(|w| w == b"\"agent\":") => {
             Verdict::Stratum(StratumCall {
@@ -227,6 +314,7 @@ fn scan_method(line: &[u8], proxy: Option<Proxy>) -> Verdict {
                 login: None,
                 proxy,
                 partial: true,
+                http: false,
             })
         }
         None => Verdict::NotStratum,
@@ -546,6 +634,50 @@ mod tests {
             classify(b"CONNECT 10.9.8.7:443 HTTP/1.1\r\n", false),
             Verdict::NeedMore
         );
+    }
+
+    /// What XMRig 6.16.0 with `"daemon": true` sent to a stand-in monerod here.
+    const XMRIG_SOLO: &[u8] =
+        b"POST /json_rpc HTTP/1.1\r\nConnection: close\r\nContent-Length: 211\r\n\
+        Content-Type: application/json\r\nHost: 127.0.0.1\r\n\
+        User-Agent: XMRig/6.16.0 (Linux x86_64) libuv/1.42.0 gcc/5.4.0\r\n\r\n\
+        {\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"getblocktemplate\",\"params\":\
+        {\"wallet_address\":\"44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3Xjrp\",\
+        \"extra_nonce\":\"ec6b0c5100246218\"}}";
+
+    #[test]
+    fn solo_mining_over_http_to_a_daemon() {
+        let c = stratum(XMRIG_SOLO);
+        assert_eq!(c.dialect, Dialect::SoloRpc);
+        assert_eq!(c.method, "getblocktemplate");
+        assert!(c.http);
+        assert_eq!(
+            c.agent.as_deref(),
+            Some("XMRig/6.16.0 (Linux x86_64) libuv/1.42.0 gcc/5.4.0")
+        );
+        assert!(c.login.unwrap().starts_with("44AFFq5k"));
+        // Cut anywhere in the headers or body: more is needed, never a wrong verdict.
+        for cut in 1..XMRIG_SOLO.len() {
+            assert_eq!(
+                classify(&XMRIG_SOLO[..cut], false),
+                Verdict::NeedMore,
+                "{cut}"
+            );
+        }
+        // geth's solo miners ask for work the same way.
+        let eth = b"POST / HTTP/1.1\r\nHost: node\r\n\r\n{\"id\":1,\"method\":\"eth_getWork\",\"params\":[]}";
+        let c = stratum(eth);
+        assert_eq!(
+            (c.dialect, c.http, c.agent),
+            (Dialect::EthProxy, true, None)
+        );
+        // An ordinary POST, a GET, and headers with no end are not mining.
+        not(b"POST /api HTTP/1.1\r\nUser-Agent: curl/8\r\n\r\n{\"method\":\"status\"}");
+        not(b"GET /json_rpc HTTP/1.1\r\n\r\n");
+        let mut endless = b"POST / HTTP/1.1\r\n".to_vec();
+        endless.extend(std::iter::repeat_n(b'x', HTTP_HEADERS_MAX + 1));
+        assert_eq!(classify(&endless, false), Verdict::NotStratum);
+        assert_eq!(classify(b"POST / HTTP/1.1\r\n", true), Verdict::NotStratum);
     }
 
     #[test]
