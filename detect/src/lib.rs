@@ -462,6 +462,140 @@ impl Finding {
     }
 }
 
+impl Finding {
+    /// The finding's facts by name, for machines: what the detail says in words, as values a
+    /// SIEM can filter on. Names are stable; values are plain strings.
+    pub fn facts(&self) -> Vec<(&'static str, String)> {
+        fn sighting(what: &PoolSighting, out: &mut Vec<(&'static str, String)>) {
+            let (how, rest): (&str, Vec<(&'static str, String)>) = match what {
+                PoolSighting::Connect(peer) => ("connect", vec![("peer", peer.to_string())]),
+                PoolSighting::Cmdline(host) => ("cmdline", vec![("name", host.clone())]),
+                PoolSighting::Sni { name, peer } => (
+                    "sni",
+                    vec![("name", name.clone()), ("peer", peer.to_string())],
+                ),
+                PoolSighting::Lookup { name, server } => (
+                    "lookup",
+                    vec![("name", name.clone()), ("server", server.to_string())],
+                ),
+                PoolSighting::Resolved { peer, name } => (
+                    "resolved",
+                    vec![("name", name.clone()), ("peer", peer.to_string())],
+                ),
+            };
+            out.push(("seen_as", how.to_string()));
+            out.extend(rest);
+        }
+        let mut f = Vec::new();
+        match self {
+            Finding::Stratum { call, peer } => {
+                f.push(("method", call.method.clone()));
+                f.push(("dialect", call.dialect.name().to_string()));
+                if let Some(p) = peer {
+                    f.push(("peer", p.to_string()));
+                }
+            }
+            Finding::MinerCmdline { indicators } => f.push(("indicators", indicators.join(", "))),
+            Finding::FakeKernelThread { comm, exe } => {
+                f.push(("comm", comm.clone()));
+                f.push(("exe", exe.clone()));
+            }
+            Finding::ExeLocation { exe, .. } => f.push(("exe", exe.clone())),
+            Finding::CpuSaturation { share, secs, .. } => {
+                f.push(("share", format!("{share:.2}")));
+                f.push(("seconds", secs.to_string()));
+            }
+            Finding::MinerPort { peer } => f.push(("peer", peer.to_string())),
+            Finding::FlowShape { peer, shape, tls } => {
+                let t = &shape.totals;
+                f.extend([
+                    ("peer", peer.to_string()),
+                    ("tls", tls.to_string()),
+                    ("age_seconds", t.age_secs.to_string()),
+                    ("client_writes", t.writes.to_string()),
+                    ("largest_write_bytes", t.write_max.to_string()),
+                    ("server_pushes", t.pushes.to_string()),
+                    ("server_replies", t.replies.to_string()),
+                    ("push_every_seconds", format!("{:.1}", shape.push_every)),
+                    ("push_spread", format!("{:.2}", shape.spread)),
+                    ("bytes_out", t.out_bytes.to_string()),
+                    ("bytes_in", t.in_bytes.to_string()),
+                ]);
+            }
+            Finding::RivalKill { pid, looks, sig } => {
+                f.push(("target_pid", pid.to_string()));
+                f.push(("target_looks", looks.clone()));
+                f.push(("signal", sig.to_string()));
+            }
+            Finding::ProcessRename { old, new } => {
+                f.push(("old_name", old.clone()));
+                f.push(("new_name", new.clone()));
+            }
+            Finding::Persistence {
+                path,
+                target,
+                change,
+                package_manager,
+            } => {
+                f.push(("path", path.clone()));
+                f.push(("target", target.code().to_string()));
+                f.push(("change", change.verb().to_string()));
+                f.push(("package_manager", package_manager.to_string()));
+            }
+            Finding::PoolLikeName { what, word } => {
+                sighting(what, &mut f);
+                f.push(("word", word.to_string()));
+            }
+            Finding::PoolIntel {
+                what,
+                entry,
+                source,
+            } => {
+                sighting(what, &mut f);
+                f.push(("entry", entry.clone()));
+                f.push(("list", source.clone()));
+            }
+            Finding::MinerTuning(t) => match t {
+                tuning::Tuning::Msr(what) => {
+                    f.extend([("kind", "msr".into()), ("what", what.clone())])
+                }
+                tuning::Tuning::HugePages(what) => {
+                    f.extend([("kind", "huge_pages".into()), ("what", what.clone())])
+                }
+            },
+            Finding::LateralScan(scan) => {
+                f.push(("targets", scan.targets.to_string()));
+                f.push((
+                    "ports",
+                    scan.ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ));
+                f.push(("seconds", scan.secs.to_string()));
+            }
+            Finding::RandomxFingerprint {
+                tid,
+                counts,
+                secs,
+                threads,
+            } => {
+                f.extend([
+                    ("tid", tid.to_string()),
+                    ("switches", counts.switches.to_string()),
+                    ("down", counts.down.to_string()),
+                    ("up", counts.up.to_string()),
+                    ("toward_zero", counts.toward_zero.to_string()),
+                    ("seconds", secs.to_string()),
+                    ("threads", threads.to_string()),
+                ]);
+            }
+        }
+        f
+    }
+}
+
 /// Reasons that are normal on HPC nodes: running from /tmp or scratch, sustained CPU, a
 /// port pools also use, fan-out to many hosts, a host name with a word like `pool`. However
 /// many of them a process has, together they weigh at most [`WEAK_CAP`], below medium: only a miner-specific reason (Stratum, the fingerprint, a

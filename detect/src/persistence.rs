@@ -18,6 +18,19 @@ pub enum Target {
 }
 
 impl Target {
+    /// A stable name, for machines.
+    pub fn code(self) -> &'static str {
+        match self {
+            Target::Cron => "cron",
+            Target::SystemdUnit => "systemd_unit",
+            Target::Preload => "ld_so_preload",
+            Target::AuthorizedKeys => "authorized_keys",
+            Target::SystemBinary => "system_binary",
+            Target::Accounts => "accounts",
+            Target::Sudoers => "sudoers",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Target::Cron => "a cron job",

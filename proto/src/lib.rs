@@ -24,6 +24,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Loss => "loss",
         EventKind::Status => "status",
         EventKind::Heartbeat => "heartbeat",
+        EventKind::Finding => "finding",
     }
 }
 
@@ -32,7 +33,7 @@ pub fn parse_kind(s: &str) -> Option<EventKind> {
     ALL_KINDS.iter().copied().find(|k| kind_name(*k) == s)
 }
 
-pub const ALL_KINDS: [EventKind; 9] = [
+pub const ALL_KINDS: [EventKind; 10] = [
     EventKind::Exec,
     EventKind::Exit,
     EventKind::Connect,
@@ -42,6 +43,7 @@ pub const ALL_KINDS: [EventKind; 9] = [
     EventKind::Loss,
     EventKind::Status,
     EventKind::Heartbeat,
+    EventKind::Finding,
 ];
 
 fn body_kind(body: Option<&Body>) -> EventKind {
@@ -56,6 +58,7 @@ fn body_kind(body: Option<&Body>) -> EventKind {
         Some(Body::Loss(_)) => EventKind::Loss,
         Some(Body::Status(_)) => EventKind::Status,
         Some(Body::Heartbeat(_)) => EventKind::Heartbeat,
+        Some(Body::Finding(_)) => EventKind::Finding,
     }
 }
 
@@ -80,6 +83,7 @@ impl v1::Event {
             Body::Connect(c) => c.pid,
             Body::Stratum(s) => s.pid,
             Body::Saturation(s) => s.pid,
+            Body::Finding(f) => f.pid,
             Body::Alert(a) => a.process.as_ref()?.pid,
             _ => return None,
         })

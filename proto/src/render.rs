@@ -174,6 +174,16 @@ pub fn to_json(ev: &Event) -> Value {
             "stop_reason": opt_str(&s.stop_reason),
         }),
         Some(Body::Heartbeat(h)) => json!({"interval_s": h.interval_seconds}),
+        Some(Body::Finding(f)) => json!({
+            "pid": f.pid,
+            "code": f.code,
+            "detail": f.detail,
+            "weight": f.weight,
+            "weak": f.weak,
+            "peer": opt_str(&f.peer),
+            // Sorted, so a record reads the same every time.
+            "facts": f.facts.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        }),
     };
     merge(head, body)
 }
@@ -320,6 +330,13 @@ pub fn to_text(ev: &Event) -> String {
             )
         }
         Some(Body::Heartbeat(_)) => format!("{head} heartbeat\n"),
+        Some(Body::Finding(f)) => format!(
+            "{head} finding pid {} {} ({}): {}\n",
+            f.pid,
+            printable(&f.code),
+            f.weight,
+            printable(&f.detail)
+        ),
     }
 }
 
@@ -385,5 +402,34 @@ mod tests {
         assert!(!t.contains('\x1b'));
         assert!(t.contains("-o\\x0apool"));
         assert_eq!(t.matches('\n').count(), 3, "{t}");
+    }
+
+    #[test]
+    fn a_finding_reads_as_json_with_its_facts_and_as_one_escaped_line() {
+        let ev = Event {
+            seq: 8,
+            body: Some(Body::Finding(crate::v1::Finding {
+                pid: 9,
+                code: "persistence".into(),
+                detail: "wrote /etc/cron.d/x\n\x1b[2J".into(),
+                weight: 20,
+                weak: false,
+                peer: String::new(),
+                facts: [("path", "/etc/cron.d/x"), ("target", "cron")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        let v = to_json(&ev);
+        assert_eq!(v["kind"], "finding");
+        assert_eq!(v["code"], "persistence");
+        assert_eq!(v["facts"]["target"], "cron");
+        assert_eq!(v["peer"], serde_json::Value::Null);
+        let t = to_text(&ev);
+        assert!(t.contains("finding pid 9 persistence (20)"), "{t}");
+        assert!(!t.contains('\x1b'));
+        assert_eq!(t.matches('\n').count(), 1, "{t}");
     }
 }

@@ -77,6 +77,16 @@ fn persistence_is_attributed_to_its_writer() {
     );
     assert_eq!(a["severity"], "low", "{a}");
     assert_eq!(a["argv"][0], "/bin/sh", "the writer, as it exec'd: {a}");
+    // The same evidence as a finding record, with its facts for a SIEM.
+    let pid = p.pid();
+    let f = s
+        .records()
+        .into_iter()
+        .find(|r| r["kind"] == "finding" && r["pid"] == pid && r["code"] == "persistence")
+        .unwrap_or_else(|| panic!("no finding record for the cron job"));
+    assert_eq!(f["facts"]["path"], cron.display().to_string(), "{f}");
+    assert_eq!(f["facts"]["target"], "cron", "{f}");
+    assert_eq!(f["facts"]["package_manager"], "false", "{f}");
     drop(p);
 
     // A binary moved into /usr/local/bin.

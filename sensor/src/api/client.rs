@@ -55,10 +55,11 @@ pub struct EventsQuery {
 }
 
 /// What a person wants to see by default: findings, not every exec.
-const DEFAULT_KINDS: [EventKind; 5] = [
+const DEFAULT_KINDS: [EventKind; 6] = [
     EventKind::Alert,
     EventKind::Stratum,
     EventKind::Saturation,
+    EventKind::Finding,
     EventKind::Loss,
     EventKind::Status,
 ];

@@ -106,8 +106,9 @@ pub fn saturation(pid: u32, share: f64, seconds: u64, in_job: bool, ipc: Option<
     })
 }
 
-/// The evidence event a finding is shown with in the stream, for the findings that have one.
-pub fn evidence(pid: u32, f: &Finding) -> Option<Body> {
+/// The evidence event a finding is shown with in the stream: Stratum and saturation have
+/// messages of their own, every other finding is a `Finding` with its facts.
+pub fn evidence(pid: u32, f: &Finding, about: Option<SocketAddr>) -> Option<Body> {
     match f {
         Finding::Stratum { call, peer } => Some(stratum(pid, call, *peer)),
         Finding::CpuSaturation {
@@ -116,7 +117,22 @@ pub fn evidence(pid: u32, f: &Finding) -> Option<Body> {
             in_job,
             ipc,
         } => Some(saturation(pid, *share, *secs, *in_job, *ipc)),
-        _ => None,
+        other => {
+            let r = other.reason();
+            Some(Body::Finding(minerwatch_proto::v1::Finding {
+                pid,
+                code: r.code.to_string(),
+                detail: r.detail,
+                weight: r.weight,
+                weak: r.weak,
+                peer: about.map(|p| p.to_string()).unwrap_or_default(),
+                facts: other
+                    .facts()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }))
+        }
     }
 }
 

@@ -448,9 +448,15 @@ impl Pipeline {
             finding,
             peer,
         } = f;
-        if let Some(body) = convert::evidence(tgid, &finding) {
+        if let Some(body) = convert::evidence(tgid, &finding, peer) {
             let at = self.wall(ktime_ns);
-            self.api.emit(at, body, true);
+            // Findings are rare and are evidence: JSON lines get them too. Stratum and
+            // saturation are already whole in the alert (saturation would be one a second).
+            let finding = matches!(body, minerwatch_proto::v1::event::Body::Finding(_));
+            let ev = self.api.emit(at, body, true);
+            if finding {
+                self.out.event(&ev);
+            }
         }
         let t = self.table.load(tgid);
         let Some(alert) = t.case.observe(tgid, ktime_ns, &finding) else {
