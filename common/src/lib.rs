@@ -168,8 +168,12 @@ pub mod stat {
     /// A flow report could not be sent (lifecycle ring full); the next one carries the
     /// totals, so only the timing of one report is lost.
     pub const RINGBUF_FULL_FLOW: u32 = 20;
+    /// A DNS message not reported because its process spent its DNS budget
+    /// ([`crate::PROCESS_DNS_BYTES`] a second): a flood of datagrams to port 53 costs
+    /// neither the first-bytes budget nor much of the lifecycle ring.
+    pub const DNS_BUDGET_DROPPED: u32 = 21;
     /// Number of counters; the size of the `STATS` map.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Human names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -194,6 +198,7 @@ pub mod stat {
         "ringbuf_full_rename",
         "ringbuf_full_kill",
         "ringbuf_full_flow",
+        "dns_budget_dropped",
     ];
 }
 
@@ -213,6 +218,10 @@ pub const WATCH_RECORDS: u32 = 1024;
 /// connections together: a login is under 2 KiB, so a process would need hundreds of new
 /// connections a second to reach it. Past it, records are dropped and counted.
 pub const PROCESS_PAYLOAD_BYTES: u32 = 256 * 1024;
+/// Bytes of DNS records one process may put on the lifecycle ring per second: a resolver
+/// asking a few names is a few kilobytes. Budgeted apart from first bytes, so junk sent to
+/// port 53 cannot spend the budget that a Stratum login needs.
+pub const PROCESS_DNS_BYTES: u32 = 32 * 1024;
 
 /// A process's use of the decisive ring in the current second.
 #[repr(C)]

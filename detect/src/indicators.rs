@@ -178,6 +178,14 @@ const LAUNCHERS: &[&str] = &[
     "numactl", "chrt", "setsid", "stdbuf", "flock", "time", "unbuffer", "xargs",
 ];
 
+/// Launchers whose command runs elsewhere than in their own process tree: `srun` has
+/// slurmstepd start the task, so the task does not descend from it.
+pub fn launches_remotely(argv: &[String]) -> bool {
+    argv.first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .is_some_and(|name| name == "srun")
+}
+
 /// Shells, and `su`: they launch a command only when given one with `-c`.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "busybox", "su"];
 

@@ -18,7 +18,7 @@ use minerwatch_common::{
 use crate::{
     maps::{EVENTS, PAYLOAD_SCRATCH},
     net::storage_of,
-    payload::{PAYLOAD_FIXED, load, within_budget},
+    payload::{PAYLOAD_FIXED, load, within_dns_budget},
     util::{count, lazy_wakeup},
 };
 
@@ -96,7 +96,7 @@ fn udp_payload(ctx: &SkBuffContext) -> Result<Option<u32>, u32> {
 
 /// Reports the DNS message in this packet of a [`SOCK_DNS`] socket: up to [`PAYLOAD_CAP`]
 /// bytes (a query is far smaller; an answer's first kilobyte holds its question and first
-/// records), within the process's byte budget.
+/// records), within the process's DNS budget (apart from its first-bytes budget).
 #[inline(always)]
 pub fn dns_record(ctx: &SkBuffContext, st: &SockState, flags: u32) -> Result<(), u32> {
     let Some(off) = udp_payload(ctx)? else {
@@ -136,8 +136,8 @@ pub fn dns_record(ctx: &SkBuffContext, st: &SockState, flags: u32) -> Result<(),
     };
     // SAFETY: helper with no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if !within_budget(st.tgid, PAYLOAD_FIXED as u32 + n, now) {
-        return Err(stat::PAYLOAD_BUDGET_DROPPED);
+    if !within_dns_budget(st.tgid, PAYLOAD_FIXED as u32 + n, now) {
+        return Err(stat::DNS_BUDGET_DROPPED);
     }
     ev.hdr.kind = kind::DNS;
     ev.hdr.tgid = st.tgid;

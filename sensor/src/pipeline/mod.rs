@@ -98,6 +98,8 @@ pub struct Pipeline {
     /// Processes whose exit was seen in this drain: forgotten once both rings are drained,
     /// since the decisive ring may still hold their last first bytes.
     exiting: Vec<ProcessKey>,
+    /// Those of the drain before: forgotten at this settle (see [`Pipeline::settle`]).
+    exited: Vec<ProcessKey>,
     /// tgids forgotten since the kernel's maps were last pruned.
     forgotten: Vec<u32>,
     /// Loss counters as last told to the stream, by name.
@@ -134,6 +136,7 @@ impl Pipeline {
             launches: launch::Launches::default(),
             pending: Vec::new(),
             exiting: Vec::new(),
+            exited: Vec::new(),
             forgotten: Vec::new(),
             api,
             out,
@@ -186,7 +189,8 @@ impl Pipeline {
             }
             let key = t.key;
             let argv = t.info.argv.clone();
-            self.launches.on_exec(key, &argv, now, &mut own);
+            let ancestors = self.ancestor_tgids(key.tgid);
+            self.launches.on_exec(key, &argv, &ancestors, now, &mut own);
             found.append(&mut own);
         }
         let running = self.table.iter().map(|t| (t.key.tgid, &t.info.argv[..]));
@@ -267,8 +271,9 @@ impl Pipeline {
                 }
                 let key = t.key;
                 let argv = t.info.argv.clone();
+                let ancestors = self.ancestor_tgids(key.tgid);
                 self.launches
-                    .on_exec(key, &argv, e.meta.ktime_ns, &mut found);
+                    .on_exec(key, &argv, &ancestors, e.meta.ktime_ns, &mut found);
             }
             Event::Connect(c) => {
                 let at = self.wall(c.meta.ktime_ns);
@@ -302,8 +307,13 @@ impl Pipeline {
 
     /// Forgets the processes that exited, and tells the signals about every process the
     /// table forgot (at exit, when an exec or fork showed a pid reused, at reconciliation).
+    ///
+    /// A process that exited is forgotten one settle later than its exit was read: a file
+    /// change it made just before it exited can be read from fanotify after the rings were
+    /// drained (fanotify is read first), and must still find its record.
     fn settle(&mut self) {
-        for key in std::mem::take(&mut self.exiting) {
+        let due = std::mem::replace(&mut self.exited, std::mem::take(&mut self.exiting));
+        for key in due {
             // The pid may already belong to a newer process: only the one that exited goes.
             if self.table.get(key.tgid).is_some_and(|t| t.key == key) {
                 self.table.forget(key.tgid);
@@ -315,6 +325,15 @@ impl Pipeline {
             }
             self.forgotten.push(key.tgid);
         }
+    }
+
+    /// The tgids of `tgid`'s ancestors, nearest first (as far as the table knows them).
+    fn ancestor_tgids(&self, tgid: u32) -> Vec<u32> {
+        self.table
+            .ancestors(tgid, 16)
+            .into_iter()
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// tgids forgotten since the last call (their kernel map entries go too).
@@ -546,7 +565,11 @@ impl Pipeline {
     pub fn report_losses(&mut self, kernel: &BTreeMap<&'static str, u64>) {
         let drops: u64 = kernel
             .iter()
-            .filter(|(n, _)| n.starts_with("ringbuf_full_") || **n == "payload_budget_dropped")
+            .filter(|(n, _)| {
+                n.starts_with("ringbuf_full_")
+                    || **n == "payload_budget_dropped"
+                    || **n == "dns_budget_dropped"
+            })
             .map(|(_, v)| v)
             .sum();
         let own = self.own_counters();

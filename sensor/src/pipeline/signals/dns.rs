@@ -39,8 +39,8 @@ struct Dns {
     unparsed: u64,
     /// Lookups of listed pool names.
     pools: u64,
-    /// Processes with a lookup's evidence waiting for a connect, and since when.
-    waiting: Vec<(ProcessKey, u64)>,
+    /// Processes with a lookup's evidence waiting for a connect.
+    waiting: Vec<ProcessKey>,
 }
 
 pub fn new(_: &Config) -> Box<dyn Signal> {
@@ -50,13 +50,20 @@ pub fn new(_: &Config) -> Box<dyn Signal> {
 /// What a process looked up.
 #[derive(Default)]
 struct Looked {
-    /// Address to the name asked for, from the answers.
+    /// Address to the name asked for, from the answers of listed and pool-like names only
+    /// (the only ones a connect is joined to), so junk lookups cannot fill it.
     addrs: HashMap<IpAddr, String>,
     said_listed: bool,
     said_like: bool,
-    said_connect: bool,
-    /// Evidence of lookups, by name, waiting for a connect to one of their addresses.
+    /// A connect was joined to a listed name, to a pool-like one.
+    joined_listed: bool,
+    joined_like: bool,
+    /// Evidence of lookups, by name, waiting for a connect to one of their addresses, and
+    /// since when the oldest of it waits.
     pending: Vec<(String, Finding)>,
+    since_ns: u64,
+    /// In [`Dns::waiting`].
+    queued: bool,
 }
 
 impl Dns {
@@ -105,7 +112,7 @@ impl Dns {
         );
         let key = t.key;
         let looked = t.state::<Looked>();
-        if answer {
+        if answer && judged.is_some() {
             for addr in &msg.addrs {
                 let addr = addr.to_canonical();
                 if looked.addrs.len() < ADDRS_PER_PROCESS || looked.addrs.contains_key(&addr) {
@@ -128,7 +135,10 @@ impl Dns {
             self.pools += 1;
         }
         if looked.pending.is_empty() {
-            self.waiting.push((key, now_ns));
+            looked.since_ns = now_ns;
+        }
+        if !std::mem::replace(&mut looked.queued, true) {
+            self.waiting.push(key);
         }
         looked.pending.push((name.clone(), finding));
     }
@@ -141,12 +151,17 @@ impl Dns {
             peer,
             name: name.clone(),
         };
-        let (finding, _) = self.judge(&name, what)?;
-        // This says what the lookup's own evidence would have.
-        looked.pending.retain(|(n, _)| *n != name);
-        if std::mem::replace(&mut looked.said_connect, true) {
+        let (finding, listed) = self.judge(&name, what)?;
+        let joined = if listed {
+            &mut looked.joined_listed
+        } else {
+            &mut looked.joined_like
+        };
+        if std::mem::replace(joined, true) {
             return None;
         }
+        // This says what the lookup's own evidence would have.
+        looked.pending.retain(|(n, _)| *n != name);
         Some(Found {
             tgid: t.key.tgid,
             finding,
@@ -179,20 +194,24 @@ impl Signal for Dns {
     }
 
     fn on_tick(&mut self, tick: &Tick<'_>, table: &mut Table, out: &mut Vec<Found>) {
-        self.waiting.retain(|&(key, since)| {
-            if tick.now_ns.saturating_sub(since) < JOIN_WAIT_NS {
+        self.waiting.retain(|&key| {
+            let Some(t) = table.get_mut(key.tgid).filter(|t| t.key == key) else {
+                return false;
+            };
+            let Some(looked) = t.peek_mut::<Looked>() else {
+                return false;
+            };
+            if !looked.pending.is_empty()
+                && tick.now_ns.saturating_sub(looked.since_ns) < JOIN_WAIT_NS
+            {
                 return true;
             }
-            if let Some(t) = table.get_mut(key.tgid)
-                && t.key == key
-                && let Some(looked) = t.peek_mut::<Looked>()
-            {
-                out.extend(looked.pending.drain(..).map(|(_, finding)| Found {
-                    tgid: key.tgid,
-                    finding,
-                    peer: None,
-                }));
-            }
+            out.extend(looked.pending.drain(..).map(|(_, finding)| Found {
+                tgid: key.tgid,
+                finding,
+                peer: None,
+            }));
+            looked.queued = false;
             false
         });
     }
@@ -209,7 +228,7 @@ impl Signal for Dns {
     }
 
     fn forget(&mut self, key: ProcessKey) {
-        self.waiting.retain(|(k, _)| *k != key);
+        self.waiting.retain(|k| *k != key);
     }
 
     fn counters(&self, table: &Table, out: &mut BTreeMap<&'static str, u64>) {

@@ -36,6 +36,8 @@ struct Conns {
 struct FlowShape {
     policy: Policy,
     reports: u64,
+    /// Reports judged: of a process with sustained CPU.
+    judged: u64,
     shapes: u64,
 }
 
@@ -45,6 +47,7 @@ pub fn new(cfg: &Config) -> Box<dyn Signal> {
             min_age_secs: cfg.flow_window.as_secs(),
         },
         reports: 0,
+        judged: 0,
         shapes: 0,
     })
 }
@@ -84,6 +87,7 @@ impl Signal for FlowShape {
                 if !t.case.has(code::CPU_SATURATION) {
                     return;
                 }
+                self.judged += 1;
                 let Some(shape) = judge(&totals(r), self.policy) else {
                     return;
                 };
@@ -110,6 +114,7 @@ impl Signal for FlowShape {
 
     fn counters(&self, _: &Table, out: &mut BTreeMap<&'static str, u64>) {
         out.insert("flow_reports", self.reports);
+        out.insert("flow_judged", self.judged);
         out.insert("flow_shapes", self.shapes);
     }
 }
