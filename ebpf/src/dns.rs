@@ -18,7 +18,7 @@ use minerwatch_common::{
 use crate::{
     maps::{EVENTS, PAYLOAD_SCRATCH},
     net::storage_of,
-    payload::{PAYLOAD_FIXED, load, within_dns_budget},
+    payload::{PAYLOAD_FIXED, l4_offset, within_dns_budget},
     util::{count, lazy_wakeup},
 };
 
@@ -70,28 +70,7 @@ fn try_net_ingress(ctx: &SkBuffContext) -> Result<(), u32> {
 /// Where the UDP payload of the packet starts; `None` when it is not UDP.
 #[inline(always)]
 fn udp_payload(ctx: &SkBuffContext) -> Result<Option<u32>, u32> {
-    let mut v: u8 = 0;
-    load(ctx, 0, &mut v)?;
-    let l4 = match v >> 4 {
-        4 => {
-            let mut proto: u8 = 0;
-            load(ctx, 9, &mut proto)?;
-            if proto != IPPROTO_UDP {
-                return Ok(None);
-            }
-            u32::from(v & 0x0f) * 4
-        }
-        6 => {
-            let mut next: u8 = 0;
-            load(ctx, 6, &mut next)?;
-            if next != IPPROTO_UDP {
-                return Ok(None);
-            }
-            40
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(l4 + 8))
+    Ok(l4_offset(ctx, IPPROTO_UDP)?.map(|l4| l4 + 8))
 }
 
 /// Reports the DNS message in this packet of a [`SOCK_DNS`] socket: up to [`PAYLOAD_CAP`]

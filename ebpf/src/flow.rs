@@ -13,28 +13,15 @@ use minerwatch_common::{
 
 use crate::{
     maps::EVENTS,
-    payload::load,
+    payload::{IPPROTO_TCP, l4_offset, load},
     util::{count, lazy_wakeup},
 };
-
-const IPPROTO_TCP: u8 = 6;
 
 /// TCP payload bytes in the packet; 0 for anything else (pure ACKs, other protocols).
 #[inline(always)]
 fn payload_len(ctx: &SkBuffContext) -> Result<u32, u32> {
-    let mut v: u8 = 0;
-    load(ctx, 0, &mut v)?;
-    let l4 = match v >> 4 {
-        4 => u32::from(v & 0x0f) * 4,
-        6 => {
-            let mut next: u8 = 0;
-            load(ctx, 6, &mut next)?;
-            if next != IPPROTO_TCP {
-                return Ok(0);
-            }
-            40
-        }
-        _ => return Ok(0),
+    let Some(l4) = l4_offset(ctx, IPPROTO_TCP)? else {
+        return Ok(0);
     };
     let mut doff: u8 = 0;
     load(ctx, l4 + 12, &mut doff)?;

@@ -30,7 +30,7 @@ use crate::{
     util::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, count},
 };
 
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -83,30 +83,29 @@ pub fn load<T: Copy>(ctx: &SkBuffContext, off: u32, out: &mut T) -> Result<(), u
     }
 }
 
-/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else. Inlined: an out-of-line
-/// `Result<Option<Tcp>, u32>` gets a BTF union layout the kernel refuses.
+/// Where the layer-4 header of a packet of protocol `proto` starts: after IPv4's header (its
+/// IHL) or IPv6's fixed 40 bytes (extension headers are not followed); `None` for anything
+/// else. Inlined, as its callers are: an out-of-line `Result<Option<_>, u32>` gets a BTF
+/// union layout the kernel refuses.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
+pub fn l4_offset(ctx: &SkBuffContext, proto: u8) -> Result<Option<u32>, u32> {
     let mut v: u8 = 0;
     load(ctx, 0, &mut v)?;
-    let l4 = match v >> 4 {
-        4 => {
-            let mut proto: u8 = 0;
-            load(ctx, 9, &mut proto)?;
-            if proto != IPPROTO_TCP {
-                return Ok(None);
-            }
-            u32::from(v & 0x0f) * 4
-        }
-        6 => {
-            let mut next: u8 = 0;
-            load(ctx, 6, &mut next)?;
-            if next != IPPROTO_TCP {
-                return Ok(None); // extension headers are not followed
-            }
-            40
-        }
+    let (at, off) = match v >> 4 {
+        4 => (9, u32::from(v & 0x0f) * 4),
+        6 => (6, 40),
         _ => return Ok(None),
+    };
+    let mut next: u8 = 0;
+    load(ctx, at, &mut next)?;
+    Ok((next == proto).then_some(off))
+}
+
+/// Parses the IPv4/IPv6 and TCP headers; `None` for anything else.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
+    let Some(l4) = l4_offset(ctx, IPPROTO_TCP)? else {
+        return Ok(None);
     };
     let mut hdr = [0u8; 14];
     load(ctx, l4, &mut hdr)?;
@@ -203,57 +202,60 @@ fn blank_prefix(ctx: &SkBuffContext, off: u32, total: u32, buf: &mut [u8; PAYLOA
     blank
 }
 
-/// Takes `size` bytes of `tgid`'s DNS budget ([`PROCESS_DNS_BYTES`] a second); false when
-/// it is spent. A process whose entry cannot be made (it never can, the map evicts) goes on.
-pub fn within_dns_budget(tgid: u32, size: u32, now: u64) -> bool {
-    let Some(b) = DNS_BUDGETS.get_ptr_mut(tgid) else {
-        let fresh = PayloadBudget {
-            window_ns: now,
-            bytes: size,
-            _pad: 0,
-        };
-        let _ = DNS_BUDGETS.insert(tgid, fresh, 0);
-        return true;
-    };
-    // SAFETY: a value of this map; concurrent updates can only miscount a little.
-    let b = unsafe { &mut *b };
-    if now.wrapping_sub(b.window_ns) >= 1_000_000_000 {
-        b.window_ns = now;
-        b.bytes = 0;
+/// A fresh budget, `size` bytes into its first second.
+#[inline(always)]
+fn fresh_budget(size: u32, now: u64) -> PayloadBudget {
+    PayloadBudget {
+        window_ns: now,
+        bytes: size,
+        _pad: 0,
     }
-    if b.bytes.saturating_add(size) > PROCESS_DNS_BYTES {
-        return false;
-    }
-    b.bytes += size;
-    true
 }
 
-/// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.
-pub fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
-    let Some(b) = PAYLOAD_BUDGETS.get_ptr_mut(tgid) else {
-        let fresh = PayloadBudget {
-            window_ns: now,
-            bytes: size,
-            _pad: 0,
-        };
-        // A full map means no budget for this process, not no capture: counted, let through.
-        if PAYLOAD_BUDGETS.insert(tgid, fresh, 0).is_err() {
-            count(stat::MAP_FULL);
-        }
-        return true;
-    };
-    // SAFETY: a value of this map; concurrent updates from two CPUs can only miscount a
+/// Takes `size` bytes of budget `b` (`limit` a second); false when they are spent.
+#[inline(always)]
+fn take(b: *mut PayloadBudget, size: u32, now: u64, limit: u32) -> bool {
+    // SAFETY: a value of a budget map; concurrent updates from two CPUs can only miscount a
     // little, never fault.
     let b = unsafe { &mut *b };
     if now.wrapping_sub(b.window_ns) >= 1_000_000_000 {
         b.window_ns = now;
         b.bytes = 0;
     }
-    if b.bytes.saturating_add(size) > PROCESS_PAYLOAD_BYTES {
+    if b.bytes.saturating_add(size) > limit {
         return false;
     }
     b.bytes += size;
     true
+}
+
+/// Takes `size` bytes of `tgid`'s DNS budget ([`PROCESS_DNS_BYTES`] a second); false when
+/// it is spent. The map evicts its least recently used entry, so an entry can always be made.
+pub fn within_dns_budget(tgid: u32, size: u32, now: u64) -> bool {
+    match DNS_BUDGETS.get_ptr_mut(tgid) {
+        Some(b) => take(b, size, now, PROCESS_DNS_BYTES),
+        None => {
+            let _ = DNS_BUDGETS.insert(tgid, fresh_budget(size, now), 0);
+            true
+        }
+    }
+}
+
+/// Takes `size` bytes of `tgid`'s budget on the decisive ring; false when it is spent.
+pub fn within_budget(tgid: u32, size: u32, now: u64) -> bool {
+    match PAYLOAD_BUDGETS.get_ptr_mut(tgid) {
+        Some(b) => take(b, size, now, PROCESS_PAYLOAD_BYTES),
+        None => {
+            // A full map means no budget for this process, not no capture: counted, let through.
+            if PAYLOAD_BUDGETS
+                .insert(tgid, fresh_budget(size, now), 0)
+                .is_err()
+            {
+                count(stat::MAP_FULL);
+            }
+            true
+        }
+    }
 }
 
 #[inline(always)]

@@ -374,6 +374,16 @@ pub fn has_reason(alert: &Value, code: &str) -> bool {
         .is_some_and(|rs| rs.iter().any(|r| r["code"] == code))
 }
 
+/// The detail of the alert's `code` reason; panics, naming the alert, when it has none.
+pub fn reason_detail(alert: &Value, code: &str) -> String {
+    alert["reasons"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["code"] == code))
+        .and_then(|r| r["detail"].as_str())
+        .unwrap_or_else(|| panic!("no {code} reason in {alert}"))
+        .to_string()
+}
+
 /// A network namespace with only loopback up, deleted when dropped.
 pub struct NetNs {
     pub name: String,

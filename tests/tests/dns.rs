@@ -11,17 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use minerwatch_tests::{NetNs, Proc, Sensor, has_reason, root_or_skip, scratch, severity_rank};
+use minerwatch_tests::{
+    NetNs, Proc, Sensor, has_reason, reason_detail, root_or_skip, scratch, severity_rank,
+};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
-
-fn detail<'a>(alert: &'a serde_json::Value, code: &str) -> &'a str {
-    alert["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["code"] == code))
-        .and_then(|r| r["detail"].as_str())
-        .unwrap_or_else(|| panic!("no {code} reason in {alert}"))
-}
 
 /// `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` puts over /etc/resolv.conf; removed
 /// when dropped.
@@ -122,14 +116,15 @@ fn lookups_are_observed_and_joined_to_the_connects_that_follow() {
     let a = s
         .wait_alert(c.pid(), "pool_dns", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("lookup of a listed pool not flagged:\n{}", s.stderr_text()));
-    let d = detail(&a, "pool_dns");
+    let d = reason_detail(&a, "pool_dns");
     assert!(
         d.contains(
             "connection to 127.0.0.5:3333, which the process looked up as eu.pool.minerwatch.test"
         ) && d.contains("as minerwatch.test"),
         "the lookup is joined to the connect: {d}"
     );
-    assert_eq!(a["severity"], "medium", "{a}");
+    // Strong: medium with the weak miner port, high where the client runs from /tmp too.
+    assert!(severity_rank(&a["severity"]) >= 2, "{a}");
     // The address itself is on no list: the evidence is the name it was looked up as.
     assert!(!has_reason(&a, "pool_intel"), "{a}");
     drop(c);
@@ -145,7 +140,7 @@ fn lookups_are_observed_and_joined_to_the_connects_that_follow() {
         .wait_alert(pid, "pool_dns", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("a pool-like lookup not flagged:\n{}", s.stderr_text()));
     assert!(
-        detail(&a, "pool_dns")
+        reason_detail(&a, "pool_dns")
             .contains("looked up xmr-eu1.example.test in DNS (through 127.0.0.1:53)"),
         "{a}"
     );

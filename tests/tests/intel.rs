@@ -12,7 +12,8 @@ use std::{
 };
 
 use minerwatch_tests::{
-    Proc, Sensor, has_reason, listener_on, root_or_skip, scratch, sensor_bin, severity_rank,
+    Proc, Sensor, has_reason, listener_on, reason_detail, root_or_skip, scratch, sensor_bin,
+    severity_rank,
 };
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
@@ -24,14 +25,6 @@ fn client(args: &[&str]) -> Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::null()),
     )
-}
-
-fn detail<'a>(alert: &'a serde_json::Value, code: &str) -> &'a str {
-    alert["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["code"] == code))
-        .and_then(|r| r["detail"].as_str())
-        .unwrap_or_else(|| panic!("no {code} reason in {alert}"))
 }
 
 /// Waits until `text` shows up `n` times in the sensor's log.
@@ -89,8 +82,9 @@ fn feeds_flag_connects_and_command_lines_and_reload_safely() {
                 s.stderr_text()
             )
         });
-    assert!(detail(&a, "pool_intel").contains(&pool2), "{a}");
-    assert_eq!(a["severity"], "medium", "{a}");
+    assert!(reason_detail(&a, "pool_intel").contains(&pool2), "{a}");
+    // Strong: medium, or high where the client runs from a clone under /tmp.
+    assert!(severity_rank(&a["severity"]) >= 2, "{a}");
     drop(old);
 
     // A new connect, matched in the kernel: the evidence names the address, the entry and
@@ -99,7 +93,7 @@ fn feeds_flag_connects_and_command_lines_and_reload_safely() {
     let a = s
         .wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
         .expect("connect to a listed address flagged");
-    let d = detail(&a, "pool_intel");
+    let d = reason_detail(&a, "pool_intel");
     assert!(
         d.contains(&format!("connection to {pool2}"))
             && d.contains(feed_arg)
@@ -129,7 +123,7 @@ fn feeds_flag_connects_and_command_lines_and_reload_safely() {
     let a = s
         .wait_alert(c.pid(), "pool_intel", Duration::from_secs(5))
         .expect("command line naming a bundled pool flagged");
-    let d = detail(&a, "pool_intel");
+    let d = reason_detail(&a, "pool_intel");
     assert!(
         d.contains("command line names pool.supportxmr.com") && d.contains("bundled"),
         "{d}"
@@ -255,7 +249,7 @@ fn tls_server_names_are_read_from_the_client_hello() {
     let a = s
         .wait_alert(c.pid(), "pool_intel", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("SNI of a listed pool not flagged:\n{}", s.stderr_text()));
-    let d = detail(&a, "pool_intel");
+    let d = reason_detail(&a, "pool_intel");
     assert!(
         d.contains(&format!("TLS connection to {addr}"))
             && d.contains("asks for eu.pool.minerwatch.test (SNI)")
@@ -271,7 +265,7 @@ fn tls_server_names_are_read_from_the_client_hello() {
         .wait_alert(c.pid(), "pool_like_name", Duration::from_secs(10))
         .expect("a pool-like server name is weak evidence");
     assert!(
-        detail(&a, "pool_like_name").contains("asks for xmr-eu1.example.test (SNI)"),
+        reason_detail(&a, "pool_like_name").contains("asks for xmr-eu1.example.test (SNI)"),
         "{a}"
     );
     assert!(severity_rank(&a["severity"]) < 2, "{a}");

@@ -10,16 +10,9 @@ use std::{
     time::Duration,
 };
 
-use minerwatch_tests::{Proc, Sensor, has_reason, root_or_skip, scratch, severity_rank};
-
-fn detail(alert: &serde_json::Value) -> String {
-    alert["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["code"] == "persistence"))
-        .and_then(|r| r["detail"].as_str())
-        .unwrap_or_else(|| panic!("no persistence reason in {alert}"))
-        .to_string()
-}
+use minerwatch_tests::{
+    Proc, Sensor, has_reason, reason_detail, root_or_skip, scratch, severity_rank,
+};
 
 /// Files the test creates outside its scratch directory, removed when dropped.
 struct Cleanup(Vec<PathBuf>);
@@ -70,7 +63,7 @@ fn persistence_is_attributed_to_its_writer() {
     let a = s
         .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("a cron job not attributed:\n{}", s.stderr_text()));
-    let d = detail(&a);
+    let d = reason_detail(&a, "persistence");
     assert!(
         d.contains(&cron.display().to_string()) && d.contains("a cron job"),
         "{d}"
@@ -97,7 +90,7 @@ fn persistence_is_attributed_to_its_writer() {
     let a = s
         .wait_alert(pid, "persistence", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("a binary moved in not attributed:\n{}", s.stderr_text()));
-    let d = detail(&a);
+    let d = reason_detail(&a, "persistence");
     assert!(
         d.contains(&bin.display().to_string()) && d.contains("a system binary"),
         "{d}"
@@ -120,7 +113,10 @@ fn persistence_is_attributed_to_its_writer() {
     let a = s
         .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("the package manager's write not seen:\n{}", s.stderr_text()));
-    assert!(detail(&a).contains("as the package manager"), "{a}");
+    assert!(
+        reason_detail(&a, "persistence").contains("as the package manager"),
+        "{a}"
+    );
     assert!(severity_rank(&a["severity"]) < 1, "weighs little: {a}");
     drop(p);
 

@@ -15,6 +15,24 @@ use minerwatch_tests::{NetNs, Pool, Proc, Sensor, has_reason, root_or_skip, seve
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
+/// XMRig in `ns` with `args`: one light-mode thread, quiet, and leaving the host's MSRs and
+/// huge pages alone.
+fn run_xmrig(ns: &NetNs, bin: &std::path::Path, args: &[&str]) -> Proc {
+    Proc::spawn(
+        ns.command(bin)
+            .args(args)
+            .args(["--randomx-mode=light", "-t", "1", "--no-color"])
+            .args([
+                "--randomx-wrmsr=-1",
+                "--randomx-no-rdmsr",
+                "--no-huge-pages",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
 #[test]
 fn real_xmrig_gets_a_high_alert_within_10s() {
     if !root_or_skip("real_xmrig_gets_a_high_alert_within_10s") {
@@ -29,25 +47,18 @@ fn real_xmrig_gets_a_high_alert_within_10s() {
     let mut s = Sensor::start("xmrig", &[]);
 
     let started = Instant::now();
-    let miner = Proc::spawn(
-        ns.command(&bin)
-            .args(["-o", &pool.addr.to_string(), "-u", WALLET, "-p", "x"])
-            .args([
-                "--randomx-mode=light",
-                "-t",
-                "1",
-                "--no-color",
-                "--donate-level=1",
-            ])
-            // Leave the host's MSRs and huge pages alone.
-            .args([
-                "--randomx-wrmsr=-1",
-                "--randomx-no-rdmsr",
-                "--no-huge-pages",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+    let miner = run_xmrig(
+        &ns,
+        &bin,
+        &[
+            "-o",
+            &pool.addr.to_string(),
+            "-u",
+            WALLET,
+            "-p",
+            "x",
+            "--donate-level=1",
+        ],
     );
     let pid = miner.pid();
     let alert = s
@@ -142,18 +153,10 @@ fn real_xmrig_mining_solo_against_a_daemon_gets_a_high_alert_within_10s() {
         .expect("daemon");
     let mut s = Sensor::start("xmrig-solo", &[]);
     let started = Instant::now();
-    let miner = Proc::spawn(
-        ns.command(&bin)
-            .args(["-o", "127.0.0.1:18081", "-u", WALLET, "--daemon"])
-            .args(["--randomx-mode=light", "-t", "1", "--no-color"])
-            .args([
-                "--randomx-wrmsr=-1",
-                "--randomx-no-rdmsr",
-                "--no-huge-pages",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+    let miner = run_xmrig(
+        &ns,
+        &bin,
+        &["-o", "127.0.0.1:18081", "-u", WALLET, "--daemon"],
     );
     let pid = miner.pid();
     let alert = s

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use minerwatch_tests::{Proc, Sensor, has_reason, root_or_skip};
+use minerwatch_tests::{Proc, Sensor, has_reason, reason_detail, root_or_skip};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
 
@@ -17,14 +17,6 @@ fn client(args: &[&str]) -> Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::null()),
     )
-}
-
-fn detail<'a>(alert: &'a serde_json::Value, code: &str) -> &'a str {
-    alert["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["code"] == code))
-        .and_then(|r| r["detail"].as_str())
-        .unwrap_or_else(|| panic!("no {code} reason in {alert}"))
 }
 
 #[test]
@@ -45,7 +37,7 @@ fn renames_of_the_main_thread_are_evidence() {
         });
     assert!(has_reason(&a, "process_rename"), "{a}");
     assert!(
-        detail(&a, "process_rename").contains("from `mw-client` to `kworker/0:2`"),
+        reason_detail(&a, "process_rename").contains("from `mw-client` to `kworker/0:2`"),
         "{a}"
     );
     assert_eq!(a["severity"], "medium", "{a}");

@@ -10,18 +10,9 @@ use std::{
     time::Duration,
 };
 
-use minerwatch_tests::{Proc, Sensor, root_or_skip, scratch};
+use minerwatch_tests::{Proc, Sensor, reason_detail, root_or_skip, scratch};
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-fn detail(alert: &serde_json::Value) -> String {
-    alert["reasons"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["code"] == "miner_tuning"))
-        .and_then(|r| r["detail"].as_str())
-        .unwrap_or_else(|| panic!("no miner_tuning reason in {alert}"))
-        .to_string()
-}
 
 /// Puts the huge-page count back however the test ends.
 struct Restore(String);
@@ -55,7 +46,7 @@ fn msr_and_huge_page_tuning_are_attributed_to_their_writer() {
     let a = s
         .wait_alert(p.pid(), "miner_tuning", Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no miner_tuning for modprobe msr:\n{}", s.stderr_text()));
-    let d = detail(&a);
+    let d = reason_detail(&a, "miner_tuning");
     assert!(
         d.contains("modprobe msr allow_writes=on") && d.contains("model-specific registers"),
         "{d}"
@@ -72,7 +63,10 @@ fn msr_and_huge_page_tuning_are_attributed_to_their_writer() {
     let a = s
         .wait_alert(p.pid(), "miner_tuning", Duration::from_secs(5))
         .expect("a huge-page reservation through sysctl");
-    assert!(detail(&a).contains("huge pages"), "{a}");
+    assert!(
+        reason_detail(&a, "miner_tuning").contains("huge pages"),
+        "{a}"
+    );
 
     // Written straight to /proc/sys by this test process, whose command line says nothing:
     // only the sysctl hook can tell.
@@ -82,7 +76,7 @@ fn msr_and_huge_page_tuning_are_attributed_to_their_writer() {
         .wait_alert(me, "miner_tuning", Duration::from_secs(5))
         .unwrap_or_else(|| panic!("the write to {NR_HUGEPAGES} not attributed to pid {me}"));
     assert_eq!(
-        detail(&a),
+        reason_detail(&a, "miner_tuning"),
         format!(
             "wrote vm.nr_hugepages = {}: reserves huge pages, which RandomX wants",
             pages + 1
