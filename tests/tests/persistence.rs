@@ -117,7 +117,9 @@ fn persistence_is_attributed_to_its_writer() {
         reason_detail(&a, "persistence").contains("as the package manager"),
         "{a}"
     );
-    assert!(severity_rank(&a["severity"]) < 1, "weighs little: {a}");
+    // Weighs little: info here, low from a clone under /tmp; a binary written by anything
+    // else would be medium there.
+    assert!(severity_rank(&a["severity"]) < 2, "weighs little: {a}");
     drop(p);
 
     // Any other file in /etc: not judged.

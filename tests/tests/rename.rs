@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use minerwatch_tests::{Proc, Sensor, has_reason, reason_detail, root_or_skip};
+use minerwatch_tests::{Proc, Sensor, has_reason, reason_detail, root_or_skip, severity_rank};
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
 
@@ -48,7 +48,8 @@ fn renames_of_the_main_thread_are_evidence() {
         .wait_alert(c.pid(), "process_rename", Duration::from_secs(10))
         .expect("any rename of the main thread is weak evidence");
     assert!(!has_reason(&a, "fake_kernel_thread"), "{a}");
-    assert_eq!(a["severity"], "info", "{a}");
+    // Weak: info here, low from a clone under /tmp, never medium.
+    assert!(severity_rank(&a["severity"]) < 2, "{a}");
     drop(c);
 
     // A thread naming itself, and a plain exec: nothing.
