@@ -33,6 +33,22 @@ fn run_xmrig(ns: &NetNs, bin: &std::path::Path, args: &[&str]) -> Proc {
     )
 }
 
+/// The high alert with `stratum_protocol` for `pid` (`what` names it), within 10 s.
+fn high_stratum_alert(s: &mut Sensor, pid: u32, what: &str) -> serde_json::Value {
+    s.wait_for(Duration::from_secs(10), |r| {
+        r["kind"] == "alert"
+            && r["pid"] == pid
+            && severity_rank(&r["severity"]) >= 3
+            && has_reason(r, "stratum_protocol")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no high alert for {what} (pid {pid}) within 10 s: {:?}",
+            s.alerts_for(pid)
+        )
+    })
+}
+
 #[test]
 fn real_xmrig_gets_a_high_alert_within_10s() {
     if !root_or_skip("real_xmrig_gets_a_high_alert_within_10s") {
@@ -61,19 +77,7 @@ fn real_xmrig_gets_a_high_alert_within_10s() {
         ],
     );
     let pid = miner.pid();
-    let alert = s
-        .wait_for(Duration::from_secs(10), |r| {
-            r["kind"] == "alert"
-                && r["pid"] == pid
-                && severity_rank(&r["severity"]) >= 3
-                && has_reason(r, "stratum_protocol")
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no high alert for XMRig (pid {pid}) within 10 s: {:?}",
-                s.alerts_for(pid)
-            )
-        });
+    let alert = high_stratum_alert(&mut s, pid, "XMRig");
     let took = started.elapsed();
     eprintln!(
         "real XMRig: high alert {:.0} ms after start",
@@ -159,19 +163,7 @@ fn real_xmrig_mining_solo_against_a_daemon_gets_a_high_alert_within_10s() {
         &["-o", "127.0.0.1:18081", "-u", WALLET, "--daemon"],
     );
     let pid = miner.pid();
-    let alert = s
-        .wait_for(Duration::from_secs(10), |r| {
-            r["kind"] == "alert"
-                && r["pid"] == pid
-                && severity_rank(&r["severity"]) >= 3
-                && has_reason(r, "stratum_protocol")
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no high alert for solo XMRig (pid {pid}) within 10 s: {:?}",
-                s.alerts_for(pid)
-            )
-        });
+    let alert = high_stratum_alert(&mut s, pid, "solo XMRig");
     eprintln!(
         "real XMRig, solo: high alert {:.0} ms after start",
         started.elapsed().as_secs_f64() * 1000.0
