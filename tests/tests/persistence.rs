@@ -25,6 +25,48 @@ impl Drop for Cleanup {
     }
 }
 
+/// Puts root's SSH keys back as they were: the file's old bytes, or no file (and no
+/// `.ssh`) when the test made them.
+struct RestoreKeys {
+    keys: PathBuf,
+    old: Option<Vec<u8>>,
+    made_dir: bool,
+}
+
+impl RestoreKeys {
+    fn new() -> Self {
+        let dir = PathBuf::from("/root/.ssh");
+        let made_dir = !dir.exists();
+        if made_dir {
+            fs::create_dir_all(&dir).expect("make /root/.ssh");
+            fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .expect("chmod /root/.ssh");
+        }
+        let keys = dir.join("authorized_keys");
+        RestoreKeys {
+            old: fs::read(&keys).ok(),
+            keys,
+            made_dir,
+        }
+    }
+}
+
+impl Drop for RestoreKeys {
+    fn drop(&mut self) {
+        match &self.old {
+            Some(bytes) => {
+                let _ = fs::write(&self.keys, bytes);
+            }
+            None => {
+                let _ = fs::remove_file(&self.keys);
+            }
+        }
+        if self.made_dir {
+            let _ = fs::remove_dir(self.keys.parent().expect("parent"));
+        }
+    }
+}
+
 fn sh(line: &str) -> Proc {
     Proc::spawn(
         Command::new("/bin/sh")
@@ -48,6 +90,8 @@ fn persistence_is_attributed_to_its_writer() {
     fs::create_dir_all("/usr/local/bin").unwrap();
     let _cleanup = Cleanup(vec![cron.clone(), bin.clone(), pm_bin.clone(), etc.clone()]);
     let dir = scratch("persistence");
+    // Before the start: the watch marks the .ssh directories that exist then.
+    let keys = RestoreKeys::new();
     let mut s = Sensor::start("persistence", &["--stats-interval", "1"]);
     assert!(
         s.status()["counters"]["files_watched"].as_u64() >= Some(5),
@@ -80,6 +124,21 @@ fn persistence_is_attributed_to_its_writer() {
     assert_eq!(f["facts"]["path"], cron.display().to_string(), "{f}");
     assert_eq!(f["facts"]["target"], "cron", "{f}");
     assert_eq!(f["facts"]["package_manager"], "false", "{f}");
+    drop(p);
+
+    // A key appended to root's authorized_keys (restored afterwards).
+    let p = sh(&format!(
+        "echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMWtestkeyminerwatch x@y' >> {}",
+        keys.keys.display()
+    ));
+    let a = s
+        .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("an SSH key not attributed:\n{}", s.stderr_text()));
+    let d = reason_detail(&a, "persistence");
+    assert!(
+        d.contains("/root/.ssh/authorized_keys") && d.contains("the SSH keys that may log in"),
+        "{d}"
+    );
     drop(p);
 
     // A binary moved into /usr/local/bin.
