@@ -3,6 +3,11 @@
 //! `"tls": true` still names its pool. Bytes are hostile: every length is checked against
 //! what is held, and a capture cut short simply yields nothing.
 
+/// `buf` starts like a TLS connection: a handshake record (22) of TLS 1.0 to 1.3 (3.1 to 3.4).
+pub fn starts_tls(buf: &[u8]) -> bool {
+    matches!(buf, [22, 3, 1..=4, ..])
+}
+
 /// The host name in a ClientHello's `server_name` extension, lower case, if `buf` starts with
 /// a TLS handshake record carrying a ClientHello and the extension lies within `buf`.
 /// Addresses (which clients must not send as SNI, but some do) and names that are not host
@@ -91,6 +96,15 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_hello_starts_tls_and_json_does_not() {
+        assert!(starts_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(starts_tls(&hello(b"pool.example", &[])));
+        assert!(!starts_tls(b"{\"id\":1}"));
+        assert!(!starts_tls(&[0x16, 0x03]));
+        assert!(!starts_tls(&[0x16, 0x03, 0x05]));
+    }
 
     /// A ClientHello as a client builds it: `extensions` before and after the SNI.
     fn hello(name: &[u8], before: &[(u16, &[u8])]) -> Vec<u8> {

@@ -8,6 +8,7 @@ use hashbrown::HashSet;
 use minerwatch_detect::{
     Finding, code,
     flow::{Policy, Totals, judge},
+    tls::starts_tls,
 };
 
 use super::{Found, Signal};
@@ -16,11 +17,6 @@ use crate::{
     kernel::{Event, events::FlowReport},
     pipeline::process::{Table, Tracked},
 };
-
-/// A handshake record (0x16) of TLS 1.0 to 1.3 (0x03 0x01..0x04).
-fn starts_tls(data: &[u8]) -> bool {
-    matches!(data, [0x16, 0x03, 0x01..=0x04, ..])
-}
 
 /// Most TLS connections remembered for one process.
 const TLS_KEPT: usize = 256;
@@ -116,17 +112,5 @@ impl Signal for FlowShape {
         out.insert("flow_reports", self.reports);
         out.insert("flow_judged", self.judged);
         out.insert("flow_shapes", self.shapes);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::starts_tls;
-
-    #[test]
-    fn a_client_hello_starts_tls_and_json_does_not() {
-        assert!(starts_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
-        assert!(!starts_tls(b"{\"id\":1}"));
-        assert!(!starts_tls(&[0x16, 0x03]));
     }
 }
