@@ -52,6 +52,10 @@ pub mod global {
 pub struct KernelOffsets {
     /// `task_struct.tgid`
     pub task_tgid: u32,
+    /// `task_struct.pid` (the thread id; equal to `tgid` for a group leader)
+    pub task_pid: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
     /// `task_struct.real_parent`
     pub task_real_parent: u32,
     /// `task_struct.mm`
@@ -79,11 +83,13 @@ pub struct KernelOffsets {
     /// and the rounding-mode hook does nothing.
     pub fpu_mxcsr: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 48);
+const _: () = assert!(size_of::<KernelOffsets>() == 56);
 
 impl KernelOffsets {
     pub const ZERO: Self = Self {
         task_tgid: 0,
+        task_pid: 0,
+        task_comm: 0,
         task_real_parent: 0,
         task_mm: 0,
         task_signal: 0,
@@ -381,6 +387,9 @@ pub const PAYLOAD_AFTER_BLANK: u32 = 4;
 /// `PayloadEvent::flags` of a [`kind::DNS`] record: a message the process received (an
 /// answer), not one it sent.
 pub const PAYLOAD_DNS_ANSWER: u32 = 8;
+/// `PayloadEvent::flags` of a [`kind::DNS`] record: the message came over TCP, after its
+/// two-byte length.
+pub const PAYLOAD_DNS_TCP: u32 = 16;
 
 /// Bytes of a sysctl's name a [`SysctlEvent`] carries (`vm/nr_overcommit_hugepages` is 26).
 pub const SYSCTL_NAME_CAP: usize = 48;

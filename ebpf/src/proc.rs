@@ -95,9 +95,11 @@ fn try_proc_exit() -> Result<(), u32> {
 }
 
 /// Raw tracepoint `task_rename(struct task_struct *task, const char *comm)`, run before the
-/// name changes. Only a user process's main thread renaming itself is reported: threads
-/// naming themselves (browsers, JVMs, thread pools) are normal, and the kernel renaming the
-/// threads it creates is not a process hiding.
+/// name changes. Only the renaming of a user process's main thread (the group leader, whose
+/// name `ps` shows) is reported, whichever thread of the process did it: `prctl` in the main
+/// thread and a worker thread writing `/proc/self/comm` both count. Threads naming
+/// themselves (browsers, JVMs, thread pools) are normal, and the kernel naming the threads it
+/// creates is not a process hiding. The renaming every exec does is told apart in user space.
 #[raw_tracepoint(tracepoint = "task_rename")]
 pub fn proc_rename(ctx: RawTracePointContext) -> u32 {
     if let Err(e) = try_proc_rename(&ctx) {
@@ -110,18 +112,24 @@ fn try_proc_rename(ctx: &RawTracePointContext) -> Result<(), u32> {
     let Some((tgid, tid)) = current() else {
         return Ok(());
     };
-    if tid != tgid {
-        return Ok(());
-    }
+    let off = offsets();
     let task: *const u8 = ctx.arg(0);
-    // SAFETY: helper with no preconditions.
-    let me = unsafe { bpf_get_current_task() } as *const u8;
-    if task != me {
-        return Ok(()); // another task: a new kernel thread, or /proc/<tid>/comm of a thread
+    if off.task_pid == 0 || off.task_tgid == 0 {
+        // Without the offsets: the main thread renaming itself only.
+        // SAFETY: helper with no preconditions.
+        let me = unsafe { bpf_get_current_task() } as *const u8;
+        if tid != tgid || task != me {
+            return Ok(());
+        }
+    } else {
+        let pid: u32 = kread(task, off.task_pid)?;
+        let task_tgid: u32 = kread(task, off.task_tgid)?;
+        if pid != task_tgid || task_tgid != tgid {
+            return Ok(()); // a thread, or another process (a new kernel thread's name)
+        }
     }
-    let mm_off = offsets().task_mm;
-    if mm_off != 0 {
-        let mm: u64 = kread(me, mm_off)?;
+    if off.task_mm != 0 {
+        let mm: u64 = kread(task, off.task_mm)?;
         if mm == 0 {
             return Ok(()); // a kernel thread
         }
@@ -129,8 +137,13 @@ fn try_proc_rename(ctx: &RawTracePointContext) -> Result<(), u32> {
     let name: *const u8 = ctx.arg(1);
     let mut ev = RenameEvent {
         hdr: header(kind::RENAME, tgid, tid),
-        old: bpf_get_current_comm().unwrap_or([0; 16]),
+        old: [0; 16],
         new: [0; 16],
+    };
+    // The leader's name as it was (the renaming thread's own may differ).
+    ev.old = match off.task_comm {
+        0 => bpf_get_current_comm().unwrap_or([0; 16]),
+        c => kread::<[u8; 16]>(task, c)?,
     };
     // SAFETY: `name` is the tracepoint's kernel string; the copy is bounded by `new`.
     if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut ev.new) }.is_err() {

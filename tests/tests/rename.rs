@@ -52,6 +52,22 @@ fn renames_of_the_main_thread_are_evidence() {
     assert!(severity_rank(&a["severity"]) < 2, "{a}");
     drop(c);
 
+    // A worker thread renaming the main thread through /proc/self/comm is the same rename.
+    let c = client(&["rename-comm", "kworker/1:0"]);
+    let a = s
+        .wait_alert(c.pid(), "fake_kernel_thread", Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "a rename from a worker thread not seen: {}",
+                s.stderr_text()
+            )
+        });
+    assert!(
+        reason_detail(&a, "process_rename").contains("from `mw-client` to `kworker/1:0`"),
+        "{a}"
+    );
+    drop(c);
+
     // A thread naming itself, and a plain exec: nothing.
     for args in [&["rename-thread", "worker-1"][..], &["burn", "0"][..]] {
         let c = client(args);

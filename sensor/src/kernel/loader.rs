@@ -255,6 +255,8 @@ pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::kernel::btf:
     };
     let mut o = KernelOffsets {
         task_tgid: get("task_struct", "tgid"),
+        task_pid: get("task_struct", "pid"),
+        task_comm: get("task_struct", "comm"),
         task_real_parent: get("task_struct", "real_parent"),
         task_mm: get("task_struct", "mm"),
         task_signal: get("task_struct", "signal"),
@@ -290,6 +292,8 @@ pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::kernel::btf:
 pub fn offset_table(o: &KernelOffsets) -> Vec<(&'static str, u32)> {
     vec![
         ("task_struct.tgid", o.task_tgid),
+        ("task_struct.pid", o.task_pid),
+        ("task_struct.comm", o.task_comm),
         ("task_struct.real_parent", o.task_real_parent),
         ("task_struct.mm", o.task_mm),
         ("task_struct.signal", o.task_signal),

@@ -12,8 +12,9 @@
 //! thousands of times a second, as CGAL and Boost.Interval do), `resolve NAME PORT` (looks
 //! NAME up through the system resolver, as a miner given a pool's name does, and connects to
 //! the first address), `rename NAME` (the main thread takes NAME with `prctl(PR_SET_NAME)`,
-//! then waits 3 s), `rename-thread NAME` (a second thread names itself NAME, as thread pools
-//! do, then the process waits 2 s), `heartbeat ADDR SECONDS` (a thread burns a core while
+//! then waits 3 s), `rename-comm NAME` (a second thread writes NAME to `/proc/self/comm`,
+//! renaming the main thread, then the process waits 3 s), `rename-thread NAME` (a second
+//! thread names itself NAME, as thread pools do, then the process waits 2 s), `heartbeat ADDR SECONDS` (a thread burns a core while
 //! the main thread asks ADDR a line every 700 ms and reads its answer, as a licence client
 //! does).
 use std::{
@@ -146,6 +147,14 @@ fn main() {
                 2
             };
             std::thread::sleep(Duration::from_secs(wait));
+        }
+        "rename-comm" => {
+            let name = arg(2).to_string();
+            std::thread::spawn(move || std::fs::write("/proc/self/comm", name))
+                .join()
+                .expect("thread")
+                .expect("write /proc/self/comm");
+            std::thread::sleep(Duration::from_secs(3));
         }
         "resolve" => {
             use std::net::ToSocketAddrs;
