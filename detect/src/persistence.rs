@@ -141,7 +141,6 @@ const PACKAGE_MANAGERS: &[&str] = &[
     "apt",
     "apt-get",
     "aptitude",
-    "unattended-upgr",
     "unattended-upgrade",
     "rpm",
     "dnf",
@@ -151,14 +150,33 @@ const PACKAGE_MANAGERS: &[&str] = &[
     "snapd",
 ];
 
-/// Whether the writer is the package manager, by its executable's name (a name a process
-/// gives itself is not enough), or by its name when it runs on Python, as
-/// `unattended-upgrade` does.
-pub fn is_package_manager(comm: &str, exe: &str) -> bool {
-    let base = exe.rsplit('/').next().unwrap_or(exe);
-    PACKAGE_MANAGERS
-        .iter()
-        .any(|p| *p == base || (base.starts_with("python") && *p == comm))
+/// Where the package manager's programs and scripts are installed: directories only root
+/// can write, so a copy or a link elsewhere is not the package manager.
+const SYSTEM_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];
+
+/// `path` if it is a file directly in one of [`SYSTEM_DIRS`], by its base name.
+fn system_program(path: &str) -> Option<&str> {
+    let (dir, base) = path.rsplit_once('/')?;
+    SYSTEM_DIRS.contains(&dir).then_some(base)
+}
+
+/// Whether the writer is the package manager: its executable is one of
+/// [`PACKAGE_MANAGERS`] in a system directory, or it is Python running such a script from
+/// one (as `unattended-upgrade` does). The name a process gives itself (`comm`, argv\[0\])
+/// never counts, and neither does a copy of `dpkg` in a home or scratch directory.
+pub fn is_package_manager(exe: &str, argv: &[String]) -> bool {
+    let Some(base) = system_program(exe) else {
+        return false;
+    };
+    let listed = |name: &str| PACKAGE_MANAGERS.contains(&name);
+    if listed(base) {
+        return true;
+    }
+    base.starts_with("python")
+        && argv
+            .get(1)
+            .and_then(|script| system_program(script))
+            .is_some_and(listed)
 }
 
 #[cfg(test)]
@@ -189,13 +207,31 @@ mod tests {
     }
 
     #[test]
-    fn package_managers_by_name_or_executable() {
-        assert!(is_package_manager("dpkg", "/usr/bin/dpkg"));
-        assert!(is_package_manager("unattended-upgr", "/usr/bin/python3.11"));
-        assert!(is_package_manager("x", "/usr/bin/rpm"));
-        assert!(!is_package_manager("bash", "/usr/bin/bash"));
-        // A name taken with prctl is not the package manager.
-        assert!(!is_package_manager("dpkg", "/tmp/x"));
-        assert!(!is_package_manager("python3", "/usr/bin/python3.11"));
+    fn package_managers_by_installed_executable() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_package_manager("/usr/bin/dpkg", &argv(&["dpkg", "-i"])));
+        assert!(is_package_manager("/usr/bin/rpm", &[]));
+        assert!(is_package_manager(
+            "/usr/bin/python3.11",
+            &argv(&["/usr/bin/python3", "/usr/bin/unattended-upgrade"])
+        ));
+        assert!(!is_package_manager("/usr/bin/bash", &argv(&["dpkg"])));
+        // A copy named dpkg outside the system directories, or below one, is not.
+        assert!(!is_package_manager("/tmp/dpkg", &argv(&["dpkg"])));
+        assert!(!is_package_manager("/usr/bin/x/dpkg", &[]));
+        assert!(!is_package_manager("/home/u/usr/bin/dpkg", &[]));
+        // Python with a name, or running a script of that name from elsewhere, is not.
+        assert!(!is_package_manager(
+            "/usr/bin/python3.11",
+            &argv(&["unattended-upgr"])
+        ));
+        assert!(!is_package_manager(
+            "/usr/bin/python3.11",
+            &argv(&["python3", "/tmp/unattended-upgrade"])
+        ));
+        assert!(!is_package_manager(
+            "/usr/bin/python3.11",
+            &argv(&["python3", "-c", "/usr/bin/unattended-upgrade"])
+        ));
     }
 }

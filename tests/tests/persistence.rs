@@ -1,7 +1,8 @@
 //! Persistence, the way a miner sets it up: a cron job written by a shell, a binary moved
-//! into /usr/local/bin, each attributed to the process that did it; the same by a program
-//! named like the package manager, weighing little; an ordinary file in /etc, nothing. The
-//! files are the test's own, under names no package uses, and removed afterwards.
+//! into /usr/local/bin, each attributed to the process that did it; the same by the real dpkg
+//! installing a package the test built, weighing little, and by a copy named dpkg, weighing
+//! full; an ordinary file in /etc, nothing. The files and the package are the test's own,
+//! under names no package uses, and removed afterwards.
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -67,6 +68,50 @@ impl Drop for RestoreKeys {
     }
 }
 
+/// The stand-in package the real dpkg installs.
+const PACKAGE: &str = "minerwatch-test-pm";
+
+/// Builds `PACKAGE`, holding one script at `bin`, with `dpkg-deb`; returns the .deb.
+fn build_package(dir: &std::path::Path, bin: &std::path::Path) -> PathBuf {
+    let root = dir.join("pkg");
+    let file = root.join(bin.strip_prefix("/").expect("absolute"));
+    fs::create_dir_all(root.join("DEBIAN")).expect("make the package tree");
+    fs::create_dir_all(file.parent().expect("parent")).expect("make the package tree");
+    fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {PACKAGE}\nVersion: 1.0\nArchitecture: all\n\
+             Maintainer: minerwatch tests <tests@minerwatch.invalid>\n\
+             Description: stand-in package for the minerwatch persistence test\n"
+        ),
+    )
+    .expect("write the control file");
+    fs::write(&file, "#!/bin/sh\n").expect("write the packaged script");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).expect("chmod the script");
+    let deb = dir.join(format!("{PACKAGE}.deb"));
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&root)
+        .arg(&deb)
+        .output()
+        .expect("run dpkg-deb");
+    assert!(out.status.success(), "dpkg-deb: {out:?}");
+    deb
+}
+
+/// Removes `PACKAGE` from the system when dropped.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg")
+            .args(["--purge", PACKAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn sh(line: &str) -> Proc {
     Proc::spawn(
         Command::new("/bin/sh")
@@ -85,10 +130,17 @@ fn persistence_is_attributed_to_its_writer() {
     let cron = PathBuf::from(format!("/etc/cron.d/minerwatch-test-{tag}"));
     let bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-{tag}"));
     let pm_bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-pm-{tag}"));
+    let fake_bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-fake-{tag}"));
     let etc = PathBuf::from(format!("/etc/minerwatch-test-{tag}.conf"));
     fs::create_dir_all("/etc/cron.d").unwrap();
     fs::create_dir_all("/usr/local/bin").unwrap();
-    let _cleanup = Cleanup(vec![cron.clone(), bin.clone(), pm_bin.clone(), etc.clone()]);
+    let _cleanup = Cleanup(vec![
+        cron.clone(),
+        bin.clone(),
+        pm_bin.clone(),
+        fake_bin.clone(),
+        etc.clone(),
+    ]);
     let dir = scratch("persistence");
     // Before the start: the watch marks the .ssh directories that exist then.
     let keys = RestoreKeys::new();
@@ -158,27 +210,52 @@ fn persistence_is_attributed_to_its_writer() {
     assert_eq!(a["comm"], "mv", "{a}");
     p.wait();
 
-    // The package manager (an executable named dpkg: a shell under that name) installing a
-    // binary: told apart.
+    // The package manager: the real dpkg installing a package the test built, which puts a
+    // binary in /usr/local/bin. Told apart, and weighs little.
+    let pkg = build_package(&dir, &pm_bin);
+    let _purge = Purge;
+    let p = Proc::spawn(
+        Command::new("dpkg")
+            .arg("-i")
+            .arg(&pkg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    let a = s
+        .wait_alert(p.pid(), "persistence", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the package manager's write not seen:\n{}", s.stderr_text()));
+    let d = reason_detail(&a, "persistence");
+    assert!(
+        d.contains(&pm_bin.display().to_string()) && d.contains("as the package manager"),
+        "{a}"
+    );
+    assert!(severity_rank(&a["severity"]) < 2, "weighs little: {a}");
+    assert_eq!(a["exe"], "/usr/bin/dpkg", "{a}");
+    let package_manager_score = a["score"].as_u64().unwrap();
+    p.wait();
+
+    // A copy of a shell named dpkg, outside the system directories: not the package
+    // manager, whatever it calls itself.
     let dpkg = dir.join("dpkg");
     fs::copy("/bin/sh", &dpkg).unwrap();
     fs::set_permissions(&dpkg, fs::Permissions::from_mode(0o755)).unwrap();
     let p = Proc::spawn(
         Command::new(&dpkg)
             .arg("-c")
-            .arg(format!("printf x > {}; sleep 1", pm_bin.display()))
+            .arg(format!("printf x > {}; sleep 1", fake_bin.display()))
             .stdout(Stdio::null()),
     );
     let a = s
         .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("the package manager's write not seen:\n{}", s.stderr_text()));
+        .unwrap_or_else(|| panic!("the fake dpkg's write not seen:\n{}", s.stderr_text()));
     assert!(
-        reason_detail(&a, "persistence").contains("as the package manager"),
+        !reason_detail(&a, "persistence").contains("as the package manager"),
         "{a}"
     );
-    // Weighs little: info here, low from a clone under /tmp; a binary written by anything
-    // else would be medium there.
-    assert!(severity_rank(&a["severity"]) < 2, "weighs little: {a}");
+    assert!(
+        a["score"].as_u64().unwrap() > package_manager_score,
+        "a system binary, full weight: {a}"
+    );
     drop(p);
 
     // Any other file in /etc: not judged.
@@ -195,5 +272,9 @@ fn persistence_is_attributed_to_its_writer() {
     );
     let c = &s.status()["counters"];
     assert!(c["persistence_changes"].as_u64() >= Some(3), "{c}");
+    assert!(
+        c["persistence_by_package_manager"].as_u64() >= Some(1),
+        "{c}"
+    );
     assert_eq!(c["file_overflows"].as_u64(), Some(0), "{c}");
 }

@@ -35,7 +35,7 @@ impl Signal for Persistence {
         let Some(target) = persistence::classify(&c.dir, &c.name) else {
             return;
         };
-        let package_manager = persistence::is_package_manager(&t.info.comm, &t.info.exe);
+        let package_manager = persistence::is_package_manager(&t.info.exe, &t.info.argv);
         self.changes += 1;
         if package_manager {
             self.by_package_manager += 1;
