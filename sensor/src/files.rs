@@ -36,7 +36,8 @@ impl FileChange {
     }
 }
 
-/// A directory's file handle (type, then bytes), as events name it.
+/// A directory as events name it: its filesystem's id (`statfs`'s `f_fsid`, 8 bytes), then
+/// its file handle (type, then bytes). A handle alone is unique only within one filesystem.
 type Handle = Vec<u8>;
 
 pub struct FileWatch {
@@ -184,9 +185,10 @@ impl FileWatch {
                 let Some(handle) = rec.get(16..20 + hbytes) else {
                     continue;
                 };
+                let key: Handle = [&rec[4..12], handle].concat();
                 let name = &rec[20 + hbytes..];
                 let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
-                let Some(dir) = self.dirs.get(handle) else {
+                let Some(dir) = self.dirs.get(&key) else {
                     self.unknown += 1;
                     continue;
                 };
@@ -212,7 +214,7 @@ fn candidates() -> Vec<PathBuf> {
     v
 }
 
-/// Marks `dir` and returns its file handle.
+/// Marks `dir` and returns its [`Handle`].
 fn mark(fd: &OwnedFd, dir: &Path) -> io::Result<Handle> {
     let c = CString::new(dir.as_os_str().as_bytes())?;
     // SAFETY: valid fd and NUL-terminated path.
@@ -247,6 +249,13 @@ fn mark(fd: &OwnedFd, dir: &Path) -> io::Result<Handle> {
         return Err(io::Error::last_os_error());
     }
     let bytes = u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
-    // As events carry it: the type, then the handle.
-    Ok(buf[4..8 + bytes.min(128)].to_vec())
+    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fsid_t` is two plain ints, as the kernel's `__kernel_fsid_t` in the event.
+    let fsid: [u8; 8] = unsafe { std::mem::transmute(st.f_fsid) };
+    // As events carry it: the fsid, then the handle's type and bytes.
+    Ok([&fsid[..], &buf[4..8 + bytes.min(128)]].concat())
 }
