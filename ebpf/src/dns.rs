@@ -1,7 +1,9 @@
 //! DNS, observed: the datagrams a process sends to port 53 and the answers it gets back, on
-//! its own sockets. A UDP socket gets [`SOCK_DNS`] in its storage when it is connected to
-//! port 53 or sends a datagram there (`net`); `cgroup_skb/egress` copies the queries that
-//! leave it, and `cgroup_skb/ingress` (this file) the answers that reach it. The sensor never
+//! its own sockets. A socket gets [`SOCK_DNS`] in its storage when it is connected to port 53
+//! or sends a datagram there (`net`); `cgroup_skb/egress` copies the queries that leave a UDP
+//! one (a TCP one's query is in its first bytes), and `cgroup_skb/ingress` (this file) the
+//! answers that reach either: each TCP segment is sent up as it comes, and user space keeps
+//! those that hold a whole message's start. The sensor never
 //! sends a query itself. The same hook counts the received payload of followed TCP sockets
 //! for their flow shape (`flow`). A received packet of any other socket costs one storage
 //! lookup.
@@ -12,13 +14,14 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use minerwatch_common::{
-    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PayloadEvent, SOCK_DNS, SOCK_TCP, SockState, kind, stat,
+    PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_DNS_TCP, PayloadEvent, SOCK_DNS, SOCK_TCP, SockState,
+    kind, stat,
 };
 
 use crate::{
     maps::{EVENTS, PAYLOAD_SCRATCH},
     net::storage_of,
-    payload::{PAYLOAD_FIXED, l4_offset, within_dns_budget},
+    payload::{PAYLOAD_FIXED, l4_offset, tcp_payload, within_dns_budget},
     util::{count, lazy_wakeup},
 };
 
@@ -58,19 +61,27 @@ fn try_net_ingress(ctx: &SkBuffContext) -> Result<(), u32> {
     }
     // SAFETY: storage of this socket; only the flow counters are written here.
     let st = unsafe { &mut *st };
+    let mut flags = PAYLOAD_DNS_ANSWER;
     if st.flags & SOCK_TCP != 0 {
-        return crate::flow::on_packet(ctx, st, false);
+        if let Err(e) = crate::flow::on_packet(ctx, st, false) {
+            count(e);
+        }
+        flags |= PAYLOAD_DNS_TCP;
     }
     if st.flags & SOCK_DNS == 0 {
         return Ok(());
     }
-    dns_record(ctx, st, PAYLOAD_DNS_ANSWER)
+    dns_record(ctx, st, flags)
 }
 
-/// Where the UDP payload of the packet starts; `None` when it is not UDP.
+/// Where the payload of the packet starts: after the UDP header, or after the TCP header
+/// for a TCP socket; `None` when the packet is neither.
 #[inline(always)]
-fn udp_payload(ctx: &SkBuffContext) -> Result<Option<u32>, u32> {
-    Ok(l4_offset(ctx, IPPROTO_UDP)?.map(|l4| l4 + 8))
+fn dns_payload(ctx: &SkBuffContext, st: &SockState) -> Result<Option<u32>, u32> {
+    if st.flags & SOCK_TCP == 0 {
+        return Ok(l4_offset(ctx, IPPROTO_UDP)?.map(|l4| l4 + 8));
+    }
+    tcp_payload(ctx)
 }
 
 /// Reports the DNS message in this packet of a [`SOCK_DNS`] socket: up to [`PAYLOAD_CAP`]
@@ -78,7 +89,7 @@ fn udp_payload(ctx: &SkBuffContext) -> Result<Option<u32>, u32> {
 /// records), within the process's DNS budget (apart from its first-bytes budget).
 #[inline(always)]
 pub fn dns_record(ctx: &SkBuffContext, st: &SockState, flags: u32) -> Result<(), u32> {
-    let Some(off) = udp_payload(ctx)? else {
+    let Some(off) = dns_payload(ctx, st)? else {
         return Ok(());
     };
     let len = ctx.len();

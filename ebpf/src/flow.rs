@@ -13,19 +13,14 @@ use minerwatch_common::{
 
 use crate::{
     maps::EVENTS,
-    payload::{IPPROTO_TCP, l4_offset, load},
+    payload::tcp_payload,
     util::{count, lazy_wakeup},
 };
 
 /// TCP payload bytes in the packet; 0 for anything else (pure ACKs, other protocols).
 #[inline(always)]
 fn payload_len(ctx: &SkBuffContext) -> Result<u32, u32> {
-    let Some(l4) = l4_offset(ctx, IPPROTO_TCP)? else {
-        return Ok(0);
-    };
-    let mut doff: u8 = 0;
-    load(ctx, l4 + 12, &mut doff)?;
-    Ok(ctx.len().saturating_sub(l4 + u32::from(doff >> 4) * 4))
+    Ok(tcp_payload(ctx)?.map_or(0, |off| ctx.len().saturating_sub(off)))
 }
 
 /// Counts one packet of a followed TCP socket; `out` when it leaves.

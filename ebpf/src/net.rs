@@ -184,6 +184,9 @@ fn on_connect<const FAMILY: u16>(ctx: &SockAddrContext) -> Result<(), u32> {
             .map_err(|_| stat::RINGBUF_FULL_CONNECT);
     }
     fresh.flags = SOCK_WATCH | SOCK_CONNECTING | SOCK_TCP;
+    if dport == DNS_PORT {
+        fresh.flags |= SOCK_DNS; // DNS over TCP: its answers are read too
+    }
     // SAFETY: helper with no preconditions.
     fresh.flow.opened_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // SAFETY: the socket of this context; the helper creates the storage if missing.

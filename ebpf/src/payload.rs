@@ -101,6 +101,18 @@ pub fn l4_offset(ctx: &SkBuffContext, proto: u8) -> Result<Option<u32>, u32> {
     Ok((next == proto).then_some(off))
 }
 
+/// Where the TCP payload of a packet starts (after the header's data offset); `None` when
+/// it is not TCP.
+#[inline(always)]
+pub fn tcp_payload(ctx: &SkBuffContext) -> Result<Option<u32>, u32> {
+    let Some(l4) = l4_offset(ctx, IPPROTO_TCP)? else {
+        return Ok(None);
+    };
+    let mut doff: u8 = 0;
+    load(ctx, l4 + 12, &mut doff)?;
+    Ok(Some(l4 + u32::from(doff >> 4) * 4))
+}
+
 /// Parses the IPv4/IPv6 and TCP headers; `None` for anything else.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Result<Option<Tcp>, u32> {
@@ -276,7 +288,7 @@ fn try_net_egress<const SKIP_BLANK: bool>(ctx: &SkBuffContext) -> Result<(), u32
     }
     // SAFETY: storage of this socket; its packets leave one at a time under its lock.
     let st = unsafe { &mut *st };
-    if st.flags & SOCK_DNS != 0 {
+    if st.flags & (SOCK_DNS | SOCK_TCP) == SOCK_DNS {
         return crate::dns::dns_record(ctx, st, 0);
     }
     if st.flags & SOCK_TCP != 0

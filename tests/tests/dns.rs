@@ -25,12 +25,14 @@ impl Resolv {
     fn new(ns: &NetNs) -> Resolv {
         let dir = Path::new("/etc/netns").join(&ns.name);
         fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
-        fs::write(
-            dir.join("resolv.conf"),
-            "nameserver 127.0.0.1\noptions attempts:1\n",
-        )
-        .expect("write resolv.conf");
-        Resolv(dir)
+        let r = Resolv(dir);
+        r.write("nameserver 127.0.0.1\noptions attempts:1\n");
+        r
+    }
+
+    /// Replaces the namespace's `resolv.conf`; the next `ip netns exec` sees it.
+    fn write(&self, text: &str) {
+        fs::write(self.0.join("resolv.conf"), text).expect("write resolv.conf");
     }
 }
 
@@ -71,7 +73,7 @@ fn lookups_are_observed_and_joined_to_the_connects_that_follow() {
     let feed = dir.join("names.txt");
     fs::write(&feed, "minerwatch.test\n").unwrap();
     let ns = NetNs::new("dns");
-    let _resolv = Resolv::new(&ns);
+    let resolv = Resolv::new(&ns);
     let _dnsmasq = Proc::spawn(
         ns.command(Path::new("/usr/sbin/dnsmasq"))
             .args([
@@ -167,6 +169,40 @@ fn lookups_are_observed_and_joined_to_the_connects_that_follow() {
             s.alerts_for(pid)
         );
     }
+    // The same over TCP (glibc's `use-vc`): the query in the connection's first bytes, the
+    // answer from the segments that come back, joined to the connect that follows.
+    let c = &s.status()["counters"];
+    let (answers, unparsed) = (c["dns_answers"].as_u64(), c["dns_unparsed"].as_u64());
+    resolv.write("nameserver 127.0.0.1\noptions attempts:1 use-vc\n");
+    let c = Proc::spawn(
+        ns.command(Path::new(CLIENT))
+            .args(["resolve", "us.pool.minerwatch.test", "3333"])
+            .stdout(Stdio::null()),
+    );
+    let a = s
+        .wait_alert(c.pid(), "pool_dns", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a lookup over TCP not flagged:\n{}", s.stderr_text()));
+    let d = reason_detail(&a, "pool_dns");
+    assert!(
+        d.contains(
+            "connection to 127.0.0.5:3333, which the process looked up as us.pool.minerwatch.test"
+        ),
+        "the TCP answer is read and joined: {d}"
+    );
+    drop(c);
+    // The status is taken at each stats interval: wait for one that has the answers.
+    let end = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        let c = s.status()["counters"].clone();
+        if c["dns_answers"].as_u64() > answers || Instant::now() >= end {
+            break c;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(c["dns_answers"].as_u64() > answers, "{c}");
+    assert_eq!(c["dns_unparsed"].as_u64(), unparsed, "{c}");
+    resolv.write("nameserver 127.0.0.1\noptions attempts:1\n");
+
     let c = &s.status()["counters"];
     assert!(c["dns_queries"].as_u64() >= Some(4), "{c}");
     assert!(c["dns_answers"].as_u64() >= Some(3), "{c}");

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use minerwatch_common::{
     CONNECT_UNCONNECTED_SEND, CloseEvent, ConnectEvent, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
     EXEC_FIXED, EventHeader, ExecEvent, ExitEvent, FlowEvent, ForkEvent, KillEvent,
-    PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_GAP, PAYLOAD_LAST, PROTO_TCP,
-    PROTO_UDP, PayloadEvent, RenameEvent, SysctlEvent, kind,
+    PAYLOAD_AFTER_BLANK, PAYLOAD_CAP, PAYLOAD_DNS_ANSWER, PAYLOAD_DNS_TCP, PAYLOAD_GAP,
+    PAYLOAD_LAST, PROTO_TCP, PROTO_UDP, PayloadEvent, RenameEvent, SysctlEvent, kind,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -367,11 +367,17 @@ impl TryFrom<&[u8]> for Event {
                 let fixed = size_of::<PayloadEvent>() - PAYLOAD_CAP;
                 let e: PayloadEvent = read_cut(b, fixed)?;
                 let len = (e.len as usize).min(e.data.len()).min(b.len() - fixed);
+                // Over TCP the message follows its two-byte length.
+                let start = if e.flags & PAYLOAD_DNS_TCP != 0 {
+                    2.min(len)
+                } else {
+                    0
+                };
                 Event::Dns(Dns {
                     meta: meta(&e.hdr),
                     server: SocketAddr::new(ip_of(e.family, &e.daddr), e.dport),
                     answer: e.flags & PAYLOAD_DNS_ANSWER != 0,
-                    data: e.data[..len].to_vec(),
+                    data: e.data[start..len].to_vec(),
                     cut: e.total as usize > len,
                 })
             }
