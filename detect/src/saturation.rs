@@ -37,10 +37,13 @@ impl Tracker {
     ) -> Option<Saturated> {
         self.samples.push_back((now_ns, dt_ns, share));
         let start = now_ns.saturating_sub(policy.window_ns);
+        // Drop samples that ended before the window; one that straddles its start stays, or
+        // timer jitter (ticks a little over their period) would leave the window short of
+        // full at most ticks of a short window.
         while self
             .samples
             .front()
-            .is_some_and(|&(end, dt, _)| end.saturating_sub(dt) < start)
+            .is_some_and(|&(end, _, _)| end <= start)
         {
             self.samples.pop_front();
         }
@@ -120,6 +123,24 @@ mod tests {
         let mut shares = vec![1.0; 10];
         shares.extend([0.0; 10]);
         assert!(run(&shares)[19].is_none());
+    }
+
+    #[test]
+    fn ticks_a_little_late_still_fill_a_short_window() {
+        // A 3 s window, ticks every 1.003 s: saturated at every tick from the third on.
+        let p = Policy {
+            window_ns: 3 * S,
+            threshold: 0.9,
+        };
+        let dt = S + 3_000_000;
+        let mut t = Tracker::default();
+        let r: Vec<bool> = (1..=10)
+            .map(|i| t.push(p, i * dt, dt, 1.0).is_some())
+            .collect();
+        assert!(
+            r[..2].iter().all(|s| !s) && r[2..].iter().all(|s| *s),
+            "{r:?}"
+        );
     }
 
     #[test]

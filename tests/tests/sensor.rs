@@ -246,6 +246,35 @@ fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
         .map(|a| a["update"].as_u64().unwrap())
         .collect();
     assert_eq!(revisions, (0..alerts.len() as u64).collect::<Vec<_>>());
+    // Its saturation event went out when saturation began, not at every tick it lasted (a
+    // node of busy jobs would send one a second each): the stream holds one or two for it.
+    let out = Command::new(minerwatch_tests::sensor_bin())
+        .args(["events", "--kind", "saturation", "--json", "--socket"])
+        .arg(&s.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sent = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"pid\":{pid}")))
+        .count();
+    assert!((1..=2).contains(&sent), "{sent} saturation events sent");
+    // It was saturated at more ticks than that: the others only refreshed the alert. The
+    // status is taken at each stats interval, so wait for one that counts them.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let unsent = loop {
+        let n = s.status()["counters"]["saturation_unsent"]
+            .as_u64()
+            .unwrap();
+        if sent as u64 + n >= 3 || std::time::Instant::now() >= end {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        sent as u64 + unsent >= 3,
+        "saturated at {sent} + {unsent} ticks, fewer than the run allows"
+    );
 }
 
 #[test]

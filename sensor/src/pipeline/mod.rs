@@ -16,7 +16,7 @@ use std::{
 };
 
 use minerwatch_common::FpuThread;
-use minerwatch_detect::{Reason, Severity};
+use minerwatch_detect::{Finding, Reason, Severity};
 
 pub use run::{RunError, run};
 
@@ -80,7 +80,18 @@ struct Counters {
     /// Persistence-watch queue overflows (changes not seen), and directories watched.
     file_overflows: u64,
     files_watched: u64,
+    /// Saturation findings that only refreshed the alert: no event, nothing changed.
+    saturation_unsent: u64,
 }
+
+/// A saturation share that moved this much since the last event is sent again.
+const SATURATION_STEP: f64 = 0.10;
+/// Ongoing saturation is sent again after this long, so a SOC sees that it lasts.
+const SATURATION_REFRESH_NS: u64 = 60_000_000_000;
+
+/// When the last saturation event of a process was sent, and its share then.
+#[derive(Default)]
+struct SaturationShown(Option<(u64, f64)>);
 
 pub struct Pipeline {
     cfg: Config,
@@ -467,7 +478,9 @@ impl Pipeline {
             finding,
             peer,
         } = f;
-        if let Some(body) = convert::evidence(tgid, &finding, peer) {
+        if let Some(body) = convert::evidence(tgid, &finding, peer)
+            && self.evidence_due(tgid, ktime_ns, &finding)
+        {
             let at = self.wall(ktime_ns);
             // Findings are rare and are evidence: JSON lines get them too. Stratum and
             // saturation are already whole in the alert (saturation would be one a second).
@@ -516,6 +529,27 @@ impl Pipeline {
         }
     }
 
+    /// Whether `finding` is sent as an evidence event. Saturation is found again at every
+    /// tick while it lasts; it is sent when it starts, when the share moves by
+    /// [`SATURATION_STEP`], and once every [`SATURATION_REFRESH_NS`] while it goes on, not
+    /// once a second for every busy process of a node. The alert keeps the latest either way.
+    fn evidence_due(&mut self, tgid: u32, now_ns: u64, finding: &Finding) -> bool {
+        let Finding::CpuSaturation { share, .. } = finding else {
+            return true;
+        };
+        let shown = self.table.load(tgid).state::<SaturationShown>();
+        let due = shown.0.is_none_or(|(at, was)| {
+            (share - was).abs() >= SATURATION_STEP
+                || now_ns.saturating_sub(at) >= SATURATION_REFRESH_NS
+        });
+        if due {
+            shown.0 = Some((now_ns, *share));
+        } else {
+            self.counters.saturation_unsent += 1;
+        }
+        due
+    }
+
     /// Writes the pending alerts, forgets what exited, and flushes every output. Called
     /// once both rings are drained.
     pub fn flush(&mut self) {
@@ -552,6 +586,7 @@ impl Pipeline {
             ("launches_lost", self.launches.lost),
             ("launches_held", self.launches.held() as u64),
             ("file_overflows", self.counters.file_overflows),
+            ("saturation_unsent", self.counters.saturation_unsent),
             ("files_watched", self.counters.files_watched),
         ]);
         for s in &self.signals {
