@@ -63,7 +63,11 @@ fn try_net_ingress(ctx: &SkBuffContext) -> Result<(), u32> {
     let st = unsafe { &mut *st };
     let mut flags = PAYLOAD_DNS_ANSWER;
     if st.flags & SOCK_TCP != 0 {
-        if let Err(e) = crate::flow::on_packet(ctx, st, false) {
+        let len = crate::flow::payload_len(ctx)?;
+        if len == 0 {
+            return Ok(()); // SYN-ACK, pure ACK, FIN
+        }
+        if let Err(e) = crate::flow::on_payload(st, len, false) {
             count(e);
         }
         flags |= PAYLOAD_DNS_TCP;

@@ -19,17 +19,14 @@ use crate::{
 
 /// TCP payload bytes in the packet; 0 for anything else (pure ACKs, other protocols).
 #[inline(always)]
-fn payload_len(ctx: &SkBuffContext) -> Result<u32, u32> {
+pub fn payload_len(ctx: &SkBuffContext) -> Result<u32, u32> {
     Ok(tcp_payload(ctx)?.map_or(0, |off| ctx.len().saturating_sub(off)))
 }
 
-/// Counts one packet of a followed TCP socket; `out` when it leaves.
+/// Counts `len` payload bytes (more than 0) of one packet of a followed TCP socket; `out`
+/// when it leaves.
 #[inline(always)]
-pub fn on_packet(ctx: &SkBuffContext, st: &mut SockState, out: bool) -> Result<(), u32> {
-    let len = payload_len(ctx)?;
-    if len == 0 {
-        return Ok(());
-    }
+pub fn on_payload(st: &mut SockState, len: u32, out: bool) -> Result<(), u32> {
     // SAFETY: helper with no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let f = &mut st.flow;

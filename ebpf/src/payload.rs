@@ -291,22 +291,25 @@ fn try_net_egress<const SKIP_BLANK: bool>(ctx: &SkBuffContext) -> Result<(), u32
     if st.flags & (SOCK_DNS | SOCK_TCP) == SOCK_DNS {
         return crate::dns::dns_record(ctx, st, 0);
     }
-    if st.flags & SOCK_TCP != 0
-        && let Err(e) = crate::flow::on_packet(ctx, st, true)
-    {
-        count(e);
-    }
-    if st.flags & SOCK_WATCH == 0 {
+    if st.flags & SOCK_TCP == 0 {
         return Ok(());
     }
+    // The headers are read once, and a packet without payload (SYN, pure ACK, FIN: most
+    // packets of a short connection) leaves here.
     let Some(tcp) = parse(ctx)? else {
         return Ok(());
     };
     let len = ctx.len();
     if len <= tcp.payload_off {
-        return Ok(()); // SYN, pure ACK, FIN
+        return Ok(());
     }
     let total = len - tcp.payload_off;
+    if let Err(e) = crate::flow::on_payload(st, total, true) {
+        count(e);
+    }
+    if st.flags & SOCK_WATCH == 0 {
+        return Ok(());
+    }
     // Data in a SYN (TCP Fast Open) starts one past the SYN's sequence number.
     let seq = if tcp.syn {
         tcp.seq.wrapping_add(1)

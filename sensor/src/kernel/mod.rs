@@ -13,7 +13,9 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use hashbrown::HashMap;
-use minerwatch_common::{FpuThread, PayloadBudget, PoolAddr, SOCK_WATCH, SockState, map, stat};
+use minerwatch_common::{
+    Flow, FpuThread, PayloadBudget, PoolAddr, SOCK_TCP, SOCK_WATCH, SockState, map, stat,
+};
 use minerwatch_detect::intel::Lists;
 use tokio::io::unix::AsyncFd;
 
@@ -344,13 +346,19 @@ impl Kernel {
             }
             std::net::IpAddr::V6(a) => (libc::AF_INET6 as u16, a.octets()),
         };
+        // Its flow is counted from now: older than that it is, but nothing before is known.
+        let flow = Flow {
+            opened_ns: crate::pipeline::monotonic_ns(),
+            ..Flow::default()
+        };
         let st = SockState {
             cookie,
             tgid,
-            flags: SOCK_WATCH,
+            flags: SOCK_WATCH | SOCK_TCP,
             family,
             dport: peer.port(),
             daddr,
+            flow,
             ..SockState::default()
         };
         self.socks.insert(sock, st, 0)
