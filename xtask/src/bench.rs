@@ -31,6 +31,8 @@ pub struct Sizes {
     pub execs: u64,
     pub connects: u64,
     pub writes: u64,
+    /// Files written and closed in a directory the persistence watch marks (fanotify).
+    pub watched_files: u64,
     pub cpu_iters: u64,
     /// Round trips of the context-switch workload (two threads, two pipes).
     pub switches: u64,
@@ -51,6 +53,7 @@ impl Sizes {
             execs: 3000,
             connects: 5000,
             writes: 200_000,
+            watched_files: 3000,
             cpu_iters: 400_000_000,
             switches: 200_000,
             idle_secs: 30,
@@ -69,6 +72,7 @@ impl Sizes {
             execs: 100,
             connects: 200,
             writes: 5_000,
+            watched_files: 100,
             cpu_iters: 10_000_000,
             switches: 5_000,
             idle_secs: 2,
@@ -379,16 +383,22 @@ enum Workload {
     Connect,
     WriteFile,
     WriteSocket,
+    WatchedFile,
     Cpu,
     Switch,
 }
 
+/// Where the watched-file workload writes: a system-binary directory the persistence watch
+/// marks, under a dot-name that is never judged (temporaries are not), removed after each run.
+const WATCHED_DIR: &str = "/usr/local/bin";
+
 impl Workload {
-    const ALL: [Workload; 6] = [
+    const ALL: [Workload; 7] = [
         Workload::Exec,
         Workload::Connect,
         Workload::WriteFile,
         Workload::WriteSocket,
+        Workload::WatchedFile,
         Workload::Cpu,
         Workload::Switch,
     ];
@@ -399,6 +409,10 @@ impl Workload {
             Workload::Connect => format!("connect storm ({} loopback connect/close)", s.connects),
             Workload::WriteFile => format!("1-byte writes to a file ({})", s.writes),
             Workload::WriteSocket => format!("1-byte writes to a TCP socket ({})", s.writes),
+            Workload::WatchedFile => format!(
+                "files written and closed in watched {WATCHED_DIR} ({})",
+                s.watched_files
+            ),
             Workload::Cpu => "CPU-bound fixed work (hash loop)".to_string(),
             Workload::Switch => format!(
                 "context switches ({} pipe round trips between two threads)",
@@ -413,6 +427,7 @@ impl Workload {
             Workload::Exec => s.execs,
             Workload::Connect => s.connects,
             Workload::WriteFile | Workload::WriteSocket => s.writes,
+            Workload::WatchedFile => s.watched_files,
             Workload::Cpu => 1,
             Workload::Switch => s.switches,
         }
@@ -424,6 +439,7 @@ impl Workload {
             Workload::Connect => "connect",
             Workload::WriteFile => "write file",
             Workload::WriteSocket => "write socket",
+            Workload::WatchedFile => "watched file",
             Workload::Cpu => "CPU-bound",
             Workload::Switch => "context switch",
         }
@@ -455,6 +471,18 @@ impl Workload {
                 for _ in 0..s.writes {
                     c.write_all(b"x")?;
                 }
+            }
+            Workload::WatchedFile => {
+                let path = Path::new(WATCHED_DIR)
+                    .join(format!(".minerwatch-bench-{}", std::process::id()));
+                let r = (|| -> Result<()> {
+                    for _ in 0..s.watched_files {
+                        std::fs::File::create(&path)?.write_all(b"x")?;
+                    }
+                    Ok(())
+                })();
+                let _ = std::fs::remove_file(&path);
+                r?;
             }
             Workload::Switch => ping_pong(s.switches)?,
             Workload::Cpu => {
