@@ -51,6 +51,17 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     })
 }
 
+/// This node has the cgroup v2 hierarchy only (no v1 controller hierarchies), as this
+/// process's own `/proc/self/cgroup` shows: a single `0::` line.
+pub fn unified_cgroups() -> bool {
+    fs::read_to_string("/proc/self/cgroup").is_ok_and(|t| is_unified(&t))
+}
+
+fn is_unified(cgroup_file: &str) -> bool {
+    let mut lines = cgroup_file.lines().filter(|l| !l.is_empty());
+    lines.next().is_some_and(|l| l.starts_with("0::")) && lines.next().is_none()
+}
+
 /// Picks the cgroup to report from `/proc/<pid>/cgroup`: a Slurm job path if any hierarchy
 /// has one, else the v2 (`0::`) path.
 pub fn parse_cgroup_file(text: &str) -> String {
@@ -467,6 +478,15 @@ pub fn socket_of(pid: u32, fd: u32) -> std::io::Result<(std::os::fd::OwnedFd, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unified_only_when_v2_alone() {
+        assert!(is_unified("0::/user.slice/session-1.scope\n"));
+        assert!(!is_unified(
+            "12:memory:/slurm/uid_1000/job_42\n1:name=systemd:/\n0::/\n"
+        ));
+        assert!(!is_unified(""));
+    }
 
     #[test]
     fn container_ids_from_common_runtimes() {

@@ -8,7 +8,7 @@ mod run;
 pub mod signals;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::Path,
     sync::Arc,
@@ -117,7 +117,15 @@ pub struct Pipeline {
     reported: BTreeMap<&'static str, u64>,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     wall_offset_ns: i128,
+    /// cgroup paths by the cgroup id the kernel reports, as /proc showed them: the processes
+    /// of one job or service share a cgroup, so its path is read once, not at every exec.
+    /// `None` on nodes with cgroup v1 hierarchies, where a v1 job path (the one reported) is
+    /// not told by the v2 id the kernel gives.
+    cgroups: Option<HashMap<u64, String>>,
 }
+
+/// Most cgroup paths kept by id; past this the cache starts over (a node has a few hundred).
+const CGROUPS_KEPT: usize = 4096;
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -153,6 +161,7 @@ impl Pipeline {
             out,
             reported: BTreeMap::new(),
             wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
+            cgroups: procfs::unified_cgroups().then(HashMap::new),
             cfg,
         }
     }
@@ -356,15 +365,20 @@ impl Pipeline {
     /// checked against the start time the kernel gave: the resolved exe (memfd and deleted
     /// files show there), the cgroup path when the cgroup changed, argv when the kernel
     /// could not read it.
-    fn describe(&self, e: &Exec) -> Process {
+    fn describe(&mut self, e: &Exec) -> Process {
         let pid = e.meta.tgid;
         let start = procfs::ns_to_ticks(e.start_ns);
         let prev = self.table.get(pid).map(|t| &t.info);
-        // The cgroup rarely changes at exec: reuse the known path unless the kernel reports
-        // another cgroup id (a fork child inherits its parent's id and path).
-        let known_cgroup = prev
-            .filter(|p| !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id)
-            .map(|p| p.cgroup.clone());
+        // The cgroup rarely changes at exec: on a cgroup v2 node, reuse the known path
+        // unless the kernel reports another cgroup id (a fork child inherits its parent's id
+        // and path), or the path another process in that cgroup showed. With v1 hierarchies
+        // the path is read every time: Slurm moves a step's processes into a v1 job cgroup,
+        // which the v2 id does not show.
+        let known_cgroup = self.cgroups.as_ref().and_then(|cache| {
+            prev.filter(|p| !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id)
+                .map(|p| p.cgroup.clone())
+                .or_else(|| cache.get(&e.meta.cgroup_id).cloned())
+        });
         let need_argv = e.argv.is_empty() && e.argv_missing;
         let more = procfs::exec_details(
             Path::new("/proc"),
@@ -377,7 +391,21 @@ impl Pipeline {
             (0, Some(p)) => p.ppid,
             (p, _) => p,
         };
-        let cgroup = known_cgroup.or(more.cgroup).unwrap_or_default();
+        let cgroup = match (known_cgroup, more.cgroup) {
+            (Some(known), _) => known,
+            (None, Some(read)) => {
+                if let Some(cache) = &mut self.cgroups
+                    && e.meta.cgroup_id != 0
+                {
+                    if cache.len() >= CGROUPS_KEPT {
+                        cache.clear();
+                    }
+                    cache.insert(e.meta.cgroup_id, read.clone());
+                }
+                read
+            }
+            (None, None) => String::new(),
+        };
         Process {
             pid,
             start,
