@@ -274,6 +274,19 @@ impl Sensor {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Polls the status (taken at each stats interval, so it lags by up to one) until its
+    /// counters satisfy `pred` or `timeout` passes; returns the last counters either way.
+    pub fn wait_counters(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.status()["counters"].clone();
+            if pred(&c) || Instant::now() >= end {
+                return c;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until the collector has acknowledged every event the sensor has numbered;
     /// returns the status then (its `last_seq` may include the status calls themselves).
     pub fn wait_delivered(&self, timeout: Duration) -> Value {

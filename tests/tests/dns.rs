@@ -190,15 +190,9 @@ fn lookups_are_observed_and_joined_to_the_connects_that_follow() {
         "the TCP answer is read and joined: {d}"
     );
     drop(c);
-    // The status is taken at each stats interval: wait for one that has the answers.
-    let end = Instant::now() + Duration::from_secs(5);
-    let c = loop {
-        let c = s.status()["counters"].clone();
-        if c["dns_answers"].as_u64() > answers || Instant::now() >= end {
-            break c;
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
+    let c = s.wait_counters(Duration::from_secs(5), |c| {
+        c["dns_answers"].as_u64() > answers
+    });
     assert!(c["dns_answers"].as_u64() > answers, "{c}");
     assert_eq!(c["dns_unparsed"].as_u64(), unparsed, "{c}");
     resolv.write("nameserver 127.0.0.1\noptions attempts:1\n");

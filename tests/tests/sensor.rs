@@ -259,18 +259,11 @@ fn cpu_burner_gets_saturation_evidence_but_no_high_alert() {
         .filter(|l| l.contains(&format!("\"pid\":{pid}")))
         .count();
     assert!((1..=2).contains(&sent), "{sent} saturation events sent");
-    // It was saturated at more ticks than that: the others only refreshed the alert. The
-    // status is taken at each stats interval, so wait for one that counts them.
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    let unsent = loop {
-        let n = s.status()["counters"]["saturation_unsent"]
-            .as_u64()
-            .unwrap();
-        if sent as u64 + n >= 3 || std::time::Instant::now() >= end {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // It was saturated at more ticks than that: the others only refreshed the alert.
+    let c = s.wait_counters(Duration::from_secs(5), |c| {
+        sent as u64 + c["saturation_unsent"].as_u64().unwrap_or(0) >= 3
+    });
+    let unsent = c["saturation_unsent"].as_u64().unwrap();
     assert!(
         sent as u64 + unsent >= 3,
         "saturated at {sent} + {unsent} ticks, fewer than the run allows"
