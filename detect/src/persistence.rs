@@ -154,10 +154,26 @@ const PACKAGE_MANAGERS: &[&str] = &[
 /// can write, so a copy or a link elsewhere is not the package manager.
 const SYSTEM_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin"];
 
+/// Package managers installed outside [`SYSTEM_DIRS`], by their full path.
+const PACKAGE_MANAGER_PATHS: &[&str] = &["/usr/lib/snapd/snapd"];
+
+/// Python interpreters of the system's own tools outside [`SYSTEM_DIRS`] (RHEL 8's dnf and
+/// yum run on this one).
+const SYSTEM_PYTHONS: &[&str] = &["/usr/libexec/platform-python"];
+
 /// `path` if it is a file directly in one of [`SYSTEM_DIRS`], by its base name.
 fn system_program(path: &str) -> Option<&str> {
     let (dir, base) = path.rsplit_once('/')?;
     SYSTEM_DIRS.contains(&dir).then_some(base)
+}
+
+/// `exe` is a Python interpreter the system installed.
+fn system_python(exe: &str) -> bool {
+    system_program(exe).is_some_and(|b| b.starts_with("python"))
+        || SYSTEM_PYTHONS.iter().any(|p| {
+            exe.strip_prefix(p)
+                .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        })
 }
 
 /// Whether the writer is the package manager: its executable is one of
@@ -165,14 +181,11 @@ fn system_program(path: &str) -> Option<&str> {
 /// one (as `unattended-upgrade` does). The name a process gives itself (`comm`, argv\[0\])
 /// never counts, and neither does a copy of `dpkg` in a home or scratch directory.
 pub fn is_package_manager(exe: &str, argv: &[String]) -> bool {
-    let Some(base) = system_program(exe) else {
-        return false;
-    };
     let listed = |name: &str| PACKAGE_MANAGERS.contains(&name);
-    if listed(base) {
+    if PACKAGE_MANAGER_PATHS.contains(&exe) || system_program(exe).is_some_and(listed) {
         return true;
     }
-    base.starts_with("python")
+    system_python(exe)
         && argv
             .get(1)
             .and_then(|script| system_program(script))
@@ -211,6 +224,16 @@ mod tests {
         let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(is_package_manager("/usr/bin/dpkg", &argv(&["dpkg", "-i"])));
         assert!(is_package_manager("/usr/bin/rpm", &[]));
+        assert!(is_package_manager("/usr/lib/snapd/snapd", &[]));
+        assert!(is_package_manager(
+            "/usr/libexec/platform-python3.6",
+            &argv(&["/usr/libexec/platform-python", "/usr/bin/dnf"])
+        ));
+        assert!(!is_package_manager("/tmp/snapd", &[]));
+        assert!(!is_package_manager(
+            "/usr/libexec/platform-pythonx",
+            &argv(&["python", "/usr/bin/dnf"])
+        ));
         assert!(is_package_manager(
             "/usr/bin/python3.11",
             &argv(&["/usr/bin/python3", "/usr/bin/unattended-upgrade"])

@@ -129,7 +129,11 @@ fn try_proc_rename(ctx: &RawTracePointContext) -> Result<(), u32> {
         }
     }
     if off.task_mm != 0 {
-        let mm: u64 = kread(task, off.task_mm)?;
+        // The renaming thread's `mm`, not the leader's: a leader that called `pthread_exit`
+        // has none left, yet its process runs on and may rename it.
+        // SAFETY: helper with no preconditions.
+        let me = unsafe { bpf_get_current_task() } as *const u8;
+        let mm: u64 = kread(me, off.task_mm)?;
         if mm == 0 {
             return Ok(()); // a kernel thread
         }

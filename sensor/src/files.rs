@@ -249,8 +249,9 @@ fn mark(fd: &OwnedFd, dir: &Path) -> io::Result<Handle> {
         return Err(io::Error::last_os_error());
     }
     let bytes = u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
-    // SAFETY: a zeroed statfs is a valid out-parameter; the path is NUL-terminated.
+    // SAFETY: all-zero bytes are a valid statfs (plain integers).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs to fill.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -215,7 +215,7 @@ fn persistence_is_attributed_to_its_writer() {
     let pkg = build_package(&dir, &pm_bin);
     let _purge = Purge;
     let p = Proc::spawn(
-        Command::new("dpkg")
+        Command::new("/usr/bin/dpkg")
             .arg("-i")
             .arg(&pkg)
             .stdin(Stdio::null())

@@ -473,6 +473,9 @@ impl Workload {
                 }
             }
             Workload::WatchedFile => {
+                std::fs::create_dir_all(WATCHED_DIR).with_context(|| {
+                    format!("cannot make {WATCHED_DIR} for the watched-file workload")
+                })?;
                 let path = Path::new(WATCHED_DIR)
                     .join(format!(".minerwatch-bench-{}", std::process::id()));
                 let r = (|| -> Result<()> {

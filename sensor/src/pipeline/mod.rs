@@ -89,9 +89,16 @@ const SATURATION_STEP: f64 = 0.10;
 /// Ongoing saturation is sent again after this long, so a SOC sees that it lasts.
 const SATURATION_REFRESH_NS: u64 = 60_000_000_000;
 
-/// When the last saturation event of a process was sent, and its share then.
+/// When the last saturation event of a process was sent and its share then, and when its
+/// saturation was last found (sent or not).
 #[derive(Default)]
-struct SaturationShown(Option<(u64, f64)>);
+struct SaturationShown {
+    sent: Option<(u64, f64)>,
+    found_ns: u64,
+}
+
+/// Saturation not found for this long ended; found again, it is a new start.
+const SATURATION_GAP_NS: u64 = 2_500_000_000;
 
 pub struct Pipeline {
     cfg: Config,
@@ -121,7 +128,44 @@ pub struct Pipeline {
     /// of one job or service share a cgroup, so its path is read once, not at every exec.
     /// `None` on nodes with cgroup v1 hierarchies, where a v1 job path (the one reported) is
     /// not told by the v2 id the kernel gives.
-    cgroups: Option<HashMap<u64, String>>,
+    cgroups: Option<CgroupCache>,
+}
+
+/// cgroup v2 paths by id, each checked against the id when kept: a v2 cgroup's id is its
+/// directory's inode, so a path read after the process moved on is not kept under the id
+/// it had at exec.
+struct CgroupCache {
+    /// Where the cgroup v2 tree is mounted.
+    root: String,
+    paths: HashMap<u64, String>,
+}
+
+impl CgroupCache {
+    fn new() -> Option<Self> {
+        if !procfs::unified_cgroups() {
+            return None;
+        }
+        Some(CgroupCache {
+            root: crate::kernel::loader::cgroup2_root()?,
+            paths: HashMap::new(),
+        })
+    }
+
+    fn get(&self, id: u64) -> Option<String> {
+        self.paths.get(&id).cloned()
+    }
+
+    fn keep(&mut self, id: u64, path: &str) {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = format!("{}{}", self.root.trim_end_matches('/'), path);
+        if id == 0 || std::fs::metadata(dir).map(|m| m.ino()).ok() != Some(id) {
+            return;
+        }
+        if self.paths.len() >= CGROUPS_KEPT {
+            self.paths.clear();
+        }
+        self.paths.insert(id, path.to_string());
+    }
 }
 
 /// Most cgroup paths kept by id; past this the cache starts over (a node has a few hundred).
@@ -161,7 +205,7 @@ impl Pipeline {
             out,
             reported: BTreeMap::new(),
             wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
-            cgroups: procfs::unified_cgroups().then(HashMap::new),
+            cgroups: CgroupCache::new(),
             cfg,
         }
     }
@@ -377,7 +421,7 @@ impl Pipeline {
         let known_cgroup = self.cgroups.as_ref().and_then(|cache| {
             prev.filter(|p| !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id)
                 .map(|p| p.cgroup.clone())
-                .or_else(|| cache.get(&e.meta.cgroup_id).cloned())
+                .or_else(|| cache.get(e.meta.cgroup_id))
         });
         let need_argv = e.argv.is_empty() && e.argv_missing;
         let more = procfs::exec_details(
@@ -394,13 +438,8 @@ impl Pipeline {
         let cgroup = match (known_cgroup, more.cgroup) {
             (Some(known), _) => known,
             (None, Some(read)) => {
-                if let Some(cache) = &mut self.cgroups
-                    && e.meta.cgroup_id != 0
-                {
-                    if cache.len() >= CGROUPS_KEPT {
-                        cache.clear();
-                    }
-                    cache.insert(e.meta.cgroup_id, read.clone());
+                if let Some(cache) = &mut self.cgroups {
+                    cache.keep(e.meta.cgroup_id, &read);
                 }
                 read
             }
@@ -558,7 +597,8 @@ impl Pipeline {
     }
 
     /// Whether `finding` is sent as an evidence event. Saturation is found again at every
-    /// tick while it lasts; it is sent when it starts, when the share moves by
+    /// tick while it lasts; it is sent when it starts (or starts again after a pause), when
+    /// the share moves by
     /// [`SATURATION_STEP`], and once every [`SATURATION_REFRESH_NS`] while it goes on, not
     /// once a second for every busy process of a node. The alert keeps the latest either way.
     fn evidence_due(&mut self, tgid: u32, now_ns: u64, finding: &Finding) -> bool {
@@ -566,12 +606,15 @@ impl Pipeline {
             return true;
         };
         let shown = self.table.load(tgid).state::<SaturationShown>();
-        let due = shown.0.is_none_or(|(at, was)| {
-            (share - was).abs() >= SATURATION_STEP
-                || now_ns.saturating_sub(at) >= SATURATION_REFRESH_NS
-        });
+        let restarted = now_ns.saturating_sub(shown.found_ns) >= SATURATION_GAP_NS;
+        shown.found_ns = now_ns;
+        let due = restarted
+            || shown.sent.is_none_or(|(at, was)| {
+                (share - was).abs() >= SATURATION_STEP
+                    || now_ns.saturating_sub(at) >= SATURATION_REFRESH_NS
+            });
         if due {
-            shown.0 = Some((now_ns, *share));
+            shown.sent = Some((now_ns, *share));
         } else {
             self.counters.saturation_unsent += 1;
         }
