@@ -82,8 +82,32 @@ pub struct KernelOffsets {
     /// `fpu_fpstate` is set, else inside `struct fpu` (`state.xsave.i387.mxcsr`). 0: unknown,
     /// and the rounding-mode hook does nothing.
     pub fpu_mxcsr: u32,
+    /// `mm_struct.exe_file` (what `/proc/<pid>/exe` shows)
+    pub mm_exe_file: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `task_struct.cgroups` (the task's `css_set`)
+    pub task_cgroups: u32,
+    /// `css_set.subsys` (one `cgroup_subsys_state *` per subsystem, in subsystem order)
+    pub css_set_subsys: u32,
+    /// `cgroup_subsys_state.cgroup`
+    pub css_cgroup: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (a cgroup's id; its directory's inode number)
+    pub kernfs_id: u32,
+    /// Bit `i`: subsystem `i` is the first of a mounted cgroup v1 hierarchy, and its cgroup
+    /// goes into [`ExecEvent::cgroup_v1`]. 0 on a node with cgroup v2 only.
+    pub cgroup_v1_subsys: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 56);
+const _: () = assert!(size_of::<KernelOffsets>() == 104);
 
 impl KernelOffsets {
     pub const ZERO: Self = Self {
@@ -101,6 +125,18 @@ impl KernelOffsets {
         task_start_boottime: 0,
         fpu_fpstate: 0,
         fpu_mxcsr: 0,
+        mm_exe_file: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        task_cgroups: 0,
+        css_set_subsys: 0,
+        css_cgroup: 0,
+        cgroup_kn: 0,
+        kernfs_id: 0,
+        cgroup_v1_subsys: 0,
+        _pad: 0,
     };
 }
 
@@ -311,15 +347,47 @@ pub struct ExecEvent {
     pub flags: u32,
     /// The process's `start_boottime` (ns; exec keeps it), or 0 without the BTF offset.
     pub start_ns: u64,
+    /// The executed file's inode (`mm->exe_file->f_inode`: `i_ino`, and its `i_sb->s_dev` in
+    /// the kernel's encoding), or 0 without the BTF offsets: with the filename, what user
+    /// space needs to reuse a path it resolved before.
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub _pad: u32,
+    /// The cgroups the process is in on the v1 hierarchies, as one key ([`cgroup_v1_key`]
+    /// over the kernfs ids of the subsystems in [`KernelOffsets::cgroup_v1_subsys`]); 0 on a
+    /// node with cgroup v2 only, or without the BTF offsets.
+    pub cgroup_v1: u64,
     pub comm: [u8; COMM_LEN],
     /// The path the kernel executed (`bprm->filename`).
     pub filename: [u8; FILENAME_CAP],
     /// NUL-separated arguments.
     pub argv: [u8; ARGV_CAP],
 }
-const _: () = assert!(size_of::<ExecEvent>() == 32 + 32 + COMM_LEN + FILENAME_CAP + ARGV_CAP);
+const _: () = assert!(size_of::<ExecEvent>() == 32 + 56 + COMM_LEN + FILENAME_CAP + ARGV_CAP);
 /// Size of an [`ExecEvent`] without its `argv`: the shortest exec record.
-pub const EXEC_FIXED: usize = 32 + 32 + COMM_LEN + FILENAME_CAP;
+pub const EXEC_FIXED: usize = 32 + 56 + COMM_LEN + FILENAME_CAP;
+
+/// Most cgroup subsystems the v1 key covers (a kernel has 12 to 16).
+pub const CGROUP_SUBSYS_MAX: u32 = 32;
+
+/// One step of the v1 cgroup key: FNV-1a over each subsystem's cgroup id, in subsystem
+/// order. The eBPF program and user space (which checks a path it read against the key)
+/// compute it alike; a cgroup id (kernfs node id) is never reused, so equal keys mean the
+/// same cgroups.
+#[inline(always)]
+pub fn cgroup_v1_step(key: u64, id: u64) -> u64 {
+    let mut k = key;
+    let mut i = 0;
+    while i < 8 {
+        k ^= (id >> (i * 8)) & 0xff;
+        k = k.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    k
+}
+
+/// Where [`cgroup_v1_step`] starts.
+pub const CGROUP_V1_KEY_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// A new process (not a new thread).
 #[repr(C)]

@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use minerwatch_common::{
-    ARGV_CAP, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED, EXEC_FIXED, FILENAME_CAP, kind, stat,
+    ARGV_CAP, CGROUP_SUBSYS_MAX, CGROUP_V1_KEY_START, EXEC_ARGV_MISSING, EXEC_ARGV_TRUNCATED,
+    EXEC_FIXED, FILENAME_CAP, cgroup_v1_step, kind, stat,
 };
 
 use crate::{
@@ -72,6 +73,11 @@ fn try_exec_done(ctx: &RawTracePointContext) -> Result<(), u32> {
             };
         }
     }
+    // SAFETY: helper with no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    (ev.exe_dev, ev.exe_ino) = exe_inode(task);
+    ev._pad = 0;
+    ev.cgroup_v1 = cgroup_v1_key(task);
     match read_args(ev) {
         Ok(()) => {}
         Err(e) => {
@@ -150,6 +156,59 @@ fn read_args(ev: &mut minerwatch_common::ExecEvent) -> Result<(), u32> {
     }
     ev.argv_len = len;
     Ok(())
+}
+
+/// `current->mm->exe_file`'s inode: (`i_sb->s_dev`, `i_ino`), or zeros when the BTF
+/// offsets are unknown or a read fails (user space then reads `/proc/<pid>/exe`).
+#[inline(always)]
+fn exe_inode(task: *const u8) -> (u32, u64) {
+    let off = offsets();
+    if off.task_mm == 0 || off.mm_exe_file == 0 || off.file_inode == 0 || off.inode_ino == 0 {
+        return (0, 0);
+    }
+    let read = || -> Result<(u32, u64), u32> {
+        let mm: *const u8 = kread(task, off.task_mm)?;
+        let file: *const u8 = kread(mm, off.mm_exe_file)?;
+        let inode: *const u8 = kread(file, off.file_inode)?;
+        let ino: u64 = kread(inode, off.inode_ino)?;
+        let sb: *const u8 = kread(inode, off.inode_sb)?;
+        let dev: u32 = kread(sb, off.sb_dev)?;
+        Ok((dev, ino))
+    };
+    read().unwrap_or((0, 0))
+}
+
+/// The key of the task's cgroups on the v1 hierarchies: [`cgroup_v1_step`] over the cgroup
+/// id (`css->cgroup->kn->id`) of the first subsystem of each mounted v1 hierarchy, in
+/// subsystem order. 0 on a node with cgroup v2 only (no subsystem selected) or when a read
+/// fails (user space then reads `/proc/<pid>/cgroup`).
+#[inline(always)]
+fn cgroup_v1_key(task: *const u8) -> u64 {
+    let off = offsets();
+    let mask = off.cgroup_v1_subsys;
+    if mask == 0 || off.task_cgroups == 0 || off.kernfs_id == 0 {
+        return 0;
+    }
+    let Ok(cset) = kread::<*const u8>(task, off.task_cgroups) else {
+        return 0;
+    };
+    let mut key = CGROUP_V1_KEY_START;
+    for i in 0..CGROUP_SUBSYS_MAX {
+        if mask & (1 << i) == 0 {
+            continue;
+        }
+        let read = || -> Result<u64, u32> {
+            let css: *const u8 = kread(cset, off.css_set_subsys + i * 8)?;
+            let cgrp: *const u8 = kread(css, off.css_cgroup)?;
+            let kn: *const u8 = kread(cgrp, off.cgroup_kn)?;
+            kread(kn, off.kernfs_id)
+        };
+        match read() {
+            Ok(id) => key = cgroup_v1_step(key, id),
+            Err(_) => return 0,
+        }
+    }
+    key
 }
 
 /// `current->real_parent->tgid`, or 0 when BTF offsets are unknown or a read fails.

@@ -1,6 +1,11 @@
 //! End-to-end: the evasions and edge cases of process and connection lifecycles: a leader
 //! that exits early, a login one byte per packet, IPv6, UDP destinations, exec from a
-//! non-leader thread and from a memfd, floods beside a login, many short-lived sockets.
+//! non-leader thread and from a memfd, floods beside a login, many short-lived sockets,
+//! and processes that move between cgroups or run through links that change.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed set-up step must fail the test loudly"
+)]
 use std::{
     process::{Command, Stdio},
     time::Duration,
@@ -275,4 +280,116 @@ fn many_short_lived_sockets_leave_nothing_behind() {
     // And the sensor still sees a new login at once.
     let c = Proc::spawn(&mut client(&["stratum", &addr, "write"]));
     high_stratum(&mut s, c.pid(), "a login after 20,000 short connections");
+}
+
+/// The exec record of `marker` (the last argument of its command line).
+fn exec_of(s: &mut Sensor, marker: &str) -> Value {
+    s.wait_for(Duration::from_secs(10), |r| {
+        r["kind"] == "exec" && r["argv"].as_array().and_then(|a| a.last()) == Some(&marker.into())
+    })
+    .unwrap_or_else(|| panic!("no exec record for {marker}; stderr:\n{}", s.stderr_text()))
+}
+
+/// Where a job cgroup can be made for the test: a v1 hierarchy where Slurm puts jobs
+/// (freezer) when this node has one, else the cgroup v2 tree.
+fn job_cgroup_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let find = |want: &dyn Fn(&[&str]) -> bool| {
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            want(&f).then(|| std::path::PathBuf::from(f[1]))
+        })
+    };
+    find(&|f| f[2] == "cgroup" && f[3].split(',').any(|o| o == "freezer"))
+        .or_else(|| find(&|f| f[2] == "cgroup2"))
+        .expect("no cgroup hierarchy mounted")
+}
+
+/// The sensor reuses cgroup paths by the cgroup ids the kernel gives at exec (the v2 id,
+/// and on nodes with v1 hierarchies a key of the v1 cgroups): a process moved into a job
+/// cgroup and out again between execs must be described where it is at each exec, short
+/// processes (gone before /proc could be read) included.
+#[test]
+fn exec_names_the_job_cgroup_it_runs_in_across_moves() {
+    if !root_or_skip("exec_names_the_job_cgroup_it_runs_in_across_moves") {
+        return;
+    }
+    let root = job_cgroup_root();
+    let parent = root.join(format!("minerwatch-e2e-{}", std::process::id()));
+    let job = parent.join("job_4242");
+    std::fs::create_dir_all(&job).unwrap();
+    let mut s = Sensor::start("cgroup-moves", &["--stats-interval", "1"]);
+    let script = format!(
+        "echo $$ > {job}/cgroup.procs; \
+         /bin/sh -c 'sleep 0.2' in-1; /bin/true in-fast; /bin/sh -c 'sleep 0.2' in-2; \
+         echo $$ > {root}/cgroup.procs; \
+         /bin/sh -c 'sleep 0.2' out-1; /bin/true out-fast",
+        job = job.display(),
+        root = root.display()
+    );
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for marker in ["in-1", "in-fast", "in-2"] {
+        let e = exec_of(&mut s, marker);
+        assert_eq!(e["job"], 4242, "{marker}: {e}");
+    }
+    for marker in ["out-1", "out-fast"] {
+        let e = exec_of(&mut s, marker);
+        assert_eq!(e["job"], Value::Null, "{marker}: {e}");
+    }
+    // Some of those paths were reused rather than read (the point of the key).
+    let c = s.wait_counters(Duration::from_secs(5), |c| {
+        c["cgroup_paths_reused"].as_u64() > Some(0)
+    });
+    assert!(c["cgroup_paths_reused"].as_u64() > Some(0), "{c}");
+    std::fs::remove_dir(&job).unwrap();
+    std::fs::remove_dir(&parent).unwrap();
+}
+
+/// The resolved executable is reused by (path as executed, inode it led to): a link that
+/// now points elsewhere is resolved again, and a process gone before /proc could be read
+/// still gets its resolved path.
+#[test]
+fn exec_resolves_links_again_when_they_change() {
+    if !root_or_skip("exec_resolves_links_again_when_they_change") {
+        return;
+    }
+    let dir = minerwatch_tests::scratch("exe-links");
+    let (first, second, alias) = (dir.join("first"), dir.join("second"), dir.join("alias"));
+    std::fs::copy("/bin/true", &first).unwrap();
+    std::fs::copy("/bin/true", &second).unwrap();
+    std::os::unix::fs::symlink(&first, &alias).unwrap();
+    let mut s = Sensor::start("exe-links", &["--stats-interval", "1"]);
+    let run = |marker: &str| {
+        let st = Command::new(&alias).arg(marker).status().unwrap();
+        assert!(st.success());
+    };
+    for m in ["first-1", "first-2", "first-3"] {
+        run(m);
+    }
+    // The link changes once the sensor has described those (a path resolved after the
+    // link changed leads to another inode, and is not taken for the one executed).
+    exec_of(&mut s, "first-3");
+    std::fs::remove_file(&alias).unwrap();
+    std::os::unix::fs::symlink(&second, &alias).unwrap();
+    run("second-1");
+    run("second-2");
+    for (m, want) in [
+        ("first-1", &first),
+        ("first-2", &first),
+        ("first-3", &first),
+        ("second-1", &second),
+        ("second-2", &second),
+    ] {
+        let e = exec_of(&mut s, m);
+        assert_eq!(e["exe"], want.display().to_string(), "{m}: {e}");
+    }
+    let c = s.wait_counters(Duration::from_secs(5), |c| {
+        c["exe_paths_reused"].as_u64() > Some(0)
+    });
+    assert!(c["exe_paths_reused"].as_u64() > Some(0), "{c}");
 }

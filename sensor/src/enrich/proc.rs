@@ -26,8 +26,12 @@ pub struct Process {
     pub argv: Vec<String>,
     /// cgroup v2 path, or the first v1 path naming a Slurm job.
     pub cgroup: String,
-    /// cgroup v2 id the path was read for (0 when read from /proc at start).
+    /// cgroup v2 id the path is known to be for: 0 when read from /proc at start, or read
+    /// after the process may have moved (see `pipeline::describe`).
     pub cgroup_id: u64,
+    /// The v1 cgroups' key the path is known to be for (0 on cgroup v2 nodes, and as above).
+    #[serde(skip)]
+    pub cgroup_v1: u64,
     pub job: Option<u64>,
     /// Known from /proc at start rather than seen starting.
     pub preexisting: bool,
@@ -92,6 +96,7 @@ impl Process {
             argv: Vec::new(),
             cgroup: String::new(),
             cgroup_id: 0,
+            cgroup_v1: 0,
             job: None,
             preexisting: false,
         }
@@ -184,6 +189,14 @@ impl ProcDir {
         Some(buf)
     }
 
+    /// What `name` is, following links (for `exe`: the executable file itself).
+    fn stat(&self, name: &str) -> Option<libc::stat> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: valid fd, C string and out-pointer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstatat(self.0.as_raw_fd(), c.as_ptr(), &mut st, 0) } == 0).then_some(st)
+    }
+
     /// The directory's owner: the process's effective uid.
     fn owner(&self) -> Option<u32> {
         // SAFETY: valid fd and out-pointer.
@@ -259,36 +272,56 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
         job: slurm_job(&cgroup),
         cgroup,
         cgroup_id: 0,
+        cgroup_v1: 0,
         argv,
         preexisting: false,
     })
 }
 
-/// What an exec record leaves to /proc: the resolved executable (memfd and deleted files
-/// show there), and on request the cgroup path and the arguments. All `None` when the
-/// process is gone or, with `expect_start`, is another one. The exe alone is one `readlink`
-/// (the common case: one syscall per exec, at 5,000 execs a second); reading more goes
-/// through one directory handle, checked against the start time.
+/// What an exec record leaves to /proc, each part only on request: the resolved executable
+/// (memfd and deleted files show there) with the (device, inode) it is, the cgroup file and
+/// the arguments. All `None` when the process is gone or, with `expect_start`, is another
+/// one. The exe alone is a `readlink` and a `stat`; reading more goes through one directory
+/// handle, checked against the start time.
 #[derive(Debug, Default)]
 pub struct ExecDetails {
     pub exe: Option<String>,
+    pub exe_id: Option<(u64, u64)>,
+    /// `/proc/<pid>/cgroup` as it is (see [`parse_cgroup_file`]).
     pub cgroup: Option<String>,
     pub argv: Option<Vec<String>>,
+}
+
+/// What [`exec_details`] is asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    pub exe: bool,
+    pub cgroup: bool,
+    pub argv: bool,
+}
+
+fn dev_ino(st: &libc::stat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
 }
 
 pub fn exec_details(
     proc_root: &Path,
     pid: u32,
     expect_start: Option<u64>,
-    cgroup: bool,
-    argv: bool,
+    want: Want,
 ) -> ExecDetails {
-    if !cgroup && !argv {
-        let exe = fs::read_link(proc_root.join(pid.to_string()).join("exe"));
+    if !want.cgroup && !want.argv {
+        if !want.exe {
+            return ExecDetails::default();
+        }
+        let link = proc_root.join(pid.to_string()).join("exe");
+        let Ok(exe) = fs::read_link(&link) else {
+            return ExecDetails::default();
+        };
+        use std::os::unix::fs::MetadataExt as _;
         return ExecDetails {
-            exe: exe
-                .ok()
-                .map(|p| escape_bytes(p.as_os_str().as_encoded_bytes())),
+            exe: Some(escape_bytes(exe.as_os_str().as_encoded_bytes())),
+            exe_id: fs::metadata(&link).ok().map(|m| (m.dev(), m.ino())),
             ..ExecDetails::default()
         };
     }
@@ -301,17 +334,120 @@ pub fn exec_details(
             return ExecDetails::default();
         }
     }
+    let exe = want.exe.then(|| dir.link("exe")).flatten();
     ExecDetails {
-        exe: dir.link("exe").map(|b| escape_bytes(&b)),
-        cgroup: cgroup
+        exe_id: exe
+            .as_ref()
+            .and_then(|_| dir.stat("exe"))
+            .map(|st| dev_ino(&st)),
+        exe: exe.map(|b| escape_bytes(&b)),
+        cgroup: want
+            .cgroup
             .then(|| dir.read("cgroup"))
             .flatten()
-            .map(|t| parse_cgroup_file(&String::from_utf8_lossy(&t))),
-        argv: argv
+            .map(|t| String::from_utf8_lossy(&t).into_owned()),
+        argv: want
+            .argv
             .then(|| dir.read("cmdline"))
             .flatten()
             .map(|b| split_nul(&b)),
     }
+}
+
+/// The cgroup v1 hierarchies mounted here, as the exec hook's v1 key covers them
+/// ([`minerwatch_common::cgroup_v1_step`]): the first subsystem of each, in the kernel's
+/// subsystem order (the rows of `/proc/cgroups`), and where its tree is mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupV1 {
+    /// Rows of `/proc/cgroups`: the kernel's number of subsystems.
+    pub subsystems: usize,
+    pub hierarchies: Vec<V1Hierarchy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Hierarchy {
+    /// The subsystem's index (its row in `/proc/cgroups`).
+    pub index: u32,
+    /// The hierarchy id, as the first field of `/proc/<pid>/cgroup` lines shows it.
+    pub id: u32,
+    /// Its mount point, `None` when it is not mounted in this mount namespace.
+    pub mount: Option<String>,
+}
+
+impl CgroupV1 {
+    /// This node's hierarchies; none on a cgroup v2 node.
+    pub fn read() -> Self {
+        Self::parse(
+            &fs::read_to_string("/proc/cgroups").unwrap_or_default(),
+            &fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        )
+    }
+
+    pub fn parse(proc_cgroups: &str, mountinfo: &str) -> Self {
+        let mut out = CgroupV1::default();
+        for (index, line) in proc_cgroups
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .enumerate()
+        {
+            out.subsystems += 1;
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(name), Some(Ok(id)), Some(&"1")) =
+                (f.first(), f.get(1).map(|h| h.parse::<u32>()), f.get(3))
+            else {
+                continue;
+            };
+            if id == 0 || out.hierarchies.iter().any(|h| h.id == id) {
+                continue; // on the v2 tree, or a hierarchy already covered
+            }
+            out.hierarchies.push(V1Hierarchy {
+                index: index as u32,
+                id,
+                mount: v1_mount(mountinfo, name),
+            });
+        }
+        out
+    }
+
+    /// Bit `i` for each hierarchy's first subsystem `i`, for the exec hook; 0 when there
+    /// are none, or more subsystems than the key covers.
+    pub fn mask(&self) -> u32 {
+        if self.subsystems > minerwatch_common::CGROUP_SUBSYS_MAX as usize {
+            return 0;
+        }
+        self.hierarchies.iter().fold(0, |m, h| m | (1 << h.index))
+    }
+
+    /// The v1 key of the cgroups a `/proc/<pid>/cgroup` file names, from the inode of
+    /// each cgroup's directory (a cgroup's id): what the kernel's key was if the process
+    /// is still where it was. `None` when a hierarchy is not mounted here or a directory
+    /// cannot be found (the process moved on, or the cgroup is gone).
+    pub fn key_of(&self, cgroup_file: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut key = minerwatch_common::CGROUP_V1_KEY_START;
+        for h in &self.hierarchies {
+            let path = cgroup_file.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                (f.next()?.parse::<u32>().ok()? == h.id).then(|| f.nth(1))?
+            })?;
+            let dir = format!("{}{}", h.mount.as_deref()?.trim_end_matches('/'), path);
+            key = minerwatch_common::cgroup_v1_step(key, fs::metadata(dir).ok()?.ino());
+        }
+        Some(key)
+    }
+}
+
+/// Where the v1 hierarchy of subsystem `name` is mounted (its root, not a bind mount of a
+/// subtree), from `/proc/self/mountinfo`.
+fn v1_mount(mountinfo: &str, name: &str) -> Option<String> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let (fstype, _source, opts) = (r.next()?, r.next()?, r.next()?);
+        let l: Vec<&str> = left.split(' ').collect();
+        (fstype == "cgroup" && l.get(3) == Some(&"/") && opts.split(',').any(|o| o == name))
+            .then(|| l.get(4).map(|m| m.to_string()))?
+    })
 }
 
 /// Every process in `proc_root` (normally `/proc`), marked as known before the sensor.
@@ -478,6 +614,59 @@ pub fn socket_of(pid: u32, fd: u32) -> std::io::Result<(std::os::fd::OwnedFd, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PROC_CGROUPS: &str = "#subsys_name\thierarchy\tnum_cgroups\tenabled
+cpuset\t3\t1\t1
+cpu\t1\t1\t1
+cpuacct\t1\t1\t1
+memory\t4\t62\t1
+net_cls\t0\t1\t1
+freezer\t6\t1\t0
+pids\t8\t1\t1
+";
+    const MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+90 35 0:32 /slurm /mnt/slurm-memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn v1_hierarchies_in_subsystem_order_with_their_mounts() {
+        let v1 = CgroupV1::parse(PROC_CGROUPS, MOUNTINFO);
+        assert_eq!(v1.subsystems, 7);
+        let got: Vec<(u32, u32, Option<&str>)> = v1
+            .hierarchies
+            .iter()
+            .map(|h| (h.index, h.id, h.mount.as_deref()))
+            .collect();
+        // cpuacct shares cpu's hierarchy; net_cls is on the v2 tree; freezer is disabled;
+        // pids is not mounted here; the bind mount of a memory subtree is not its root.
+        assert_eq!(
+            got,
+            [
+                (0, 3, Some("/sys/fs/cgroup/cpuset")),
+                (1, 1, Some("/sys/fs/cgroup/cpu,cpuacct")),
+                (3, 4, Some("/sys/fs/cgroup/memory")),
+                (6, 8, None),
+            ]
+        );
+        assert_eq!(v1.mask(), 0b100_1011);
+        // Unmounted: no key can be checked, so nothing is reused.
+        assert_eq!(
+            v1.key_of("8:pids:/\n4:memory:/\n3:cpuset:/\n1:cpu,cpuacct:/\n"),
+            None
+        );
+        // A cgroup v2 node has no hierarchies and an empty mask.
+        let v2 = CgroupV1::parse("#subsys_name\thierarchy\nmemory\t0\t9\t1\n", "");
+        assert!(v2.hierarchies.is_empty() && v2.mask() == 0);
+        assert_eq!(
+            v2.key_of("0::/"),
+            Some(minerwatch_common::CGROUP_V1_KEY_START)
+        );
+    }
 
     #[test]
     fn unified_only_when_v2_alone() {

@@ -7,6 +7,7 @@ use std::path::Path;
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
@@ -30,6 +31,8 @@ pub enum BtfError {
     NoStruct { name: String },
     #[error("struct `{strukt}` has no member `{member}`")]
     NoMember { strukt: String, member: String },
+    #[error("member `{member}` of `{strukt}` is not an array")]
+    NotArray { strukt: String, member: String },
     #[error("member `{member}` of `{strukt}` is a bitfield")]
     Bitfield { strukt: String, member: String },
 }
@@ -49,6 +52,8 @@ struct Type {
     /// Referenced type id for typedef/const/volatile/...
     size_or_type: u32,
     members: Vec<Member>,
+    /// Elements of an array type.
+    nelems: u32,
 }
 
 /// Parsed BTF types and strings.
@@ -97,6 +102,7 @@ impl Btf {
             name: 0,
             size_or_type: 0,
             members: Vec::new(),
+            nelems: 0,
         }];
         let mut at = 0;
         while at < types_raw.len() {
@@ -108,9 +114,13 @@ impl Btf {
             let kind_flag = info >> 31 == 1;
             at += 12;
             let mut members = Vec::new();
+            let mut nelems = 0;
             let extra = match kind {
                 1 | 14 | 17 => 4, // int, var, decl_tag
-                3 => 12,          // array
+                KIND_ARRAY => {
+                    nelems = u32_at(types_raw, at + 8).ok_or(BtfError::Truncated { id })?;
+                    12
+                }
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = |o: usize| {
@@ -136,6 +146,7 @@ impl Btf {
                 name,
                 size_or_type,
                 members,
+                nelems,
             });
         }
         Ok(Self { strings, types })
@@ -163,6 +174,21 @@ impl Btf {
     /// Byte offset of `path` (members separated by `.`) inside struct `strukt`, looking
     /// through anonymous structs and unions the way C does.
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        self.member(strukt, path).map(|(off, _)| off)
+    }
+
+    /// Elements of array member `path` of struct `strukt`.
+    pub fn member_array_len(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        match self.member(strukt, path)? {
+            (_, t) if t.kind == KIND_ARRAY => Ok(t.nelems),
+            _ => Err(BtfError::NotArray {
+                strukt: strukt.to_string(),
+                member: path.to_string(),
+            }),
+        }
+    }
+
+    fn member(&self, strukt: &str, path: &str) -> Result<(u32, &Type), BtfError> {
         let root = self
             .types
             .iter()
@@ -188,7 +214,7 @@ impl Btf {
                 member: path.to_string(),
             });
         }
-        Ok(total_bits / 8)
+        Ok((total_bits / 8, ty))
     }
 
     fn find_member<'a>(&'a self, ty: &'a Type, name: &[u8], depth: u32) -> Option<(u32, &'a Type)> {
@@ -221,9 +247,10 @@ mod tests {
     use super::*;
 
     /// Builds a tiny BTF blob: `struct inner { int a; int b; }`,
-    /// `struct outer { int x; union { struct inner in; long y; }; struct inner named; }`.
+    /// `struct outer { int x; union { struct inner in; long y; }; struct inner named; }`,
+    /// `struct arr { int v[5]; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0y\0named\0long\0".to_vec();
+        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0y\0named\0long\0arr\0v\0".to_vec();
         let s = |name: &str| {
             let needle = format!("\0{name}\0");
             (strings
@@ -252,6 +279,8 @@ mod tests {
             96,
         ]); // 4
         push(&[s("long"), 1 << 24, 8, 64]); // 5
+        push(&[0, 3 << 24, 0, 1, 1, 5]); // 6: int[5]
+        push(&[s("arr"), (4 << 24) | 1, 20, s("v"), 6, 0]); // 7
         let mut b = Vec::new();
         b.extend_from_slice(&MAGIC.to_le_bytes());
         b.extend_from_slice(&[1, 0]);
@@ -283,6 +312,11 @@ mod tests {
         assert!(matches!(
             btf.member_offset("nope", "x"),
             Err(BtfError::NoStruct { .. })
+        ));
+        assert_eq!(btf.member_array_len("arr", "v").unwrap(), 5);
+        assert!(matches!(
+            btf.member_array_len("outer", "x"),
+            Err(BtfError::NotArray { .. })
         ));
     }
 
@@ -325,5 +359,15 @@ mod tests {
                 .unwrap();
             assert_eq!(mxcsr, regs + 24);
         }
+        // The v1 cgroup key: one `css_set.subsys` slot per row of /proc/cgroups.
+        let rows = std::fs::read_to_string("/proc/cgroups")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count();
+        assert_eq!(
+            btf.member_array_len("css_set", "subsys").unwrap() as usize,
+            rows
+        );
     }
 }

@@ -38,6 +38,10 @@ pub struct Exec {
     pub gid: u32,
     /// The process's start (`start_boottime`, ns), 0 when unknown.
     pub start_ns: u64,
+    /// The executable's (device, inode), as `stat` shows them; (0, 0) when unknown.
+    pub exe_id: (u64, u64),
+    /// The v1 cgroups, as one key (`minerwatch_common::cgroup_v1_key`); 0 on cgroup v2 nodes.
+    pub cgroup_v1: u64,
     pub comm: String,
     pub filename: String,
     pub argv: Vec<String>,
@@ -239,10 +243,21 @@ fn read_cut<T: Copy>(b: &[u8], fixed: usize) -> Result<T, DecodeError> {
             need: fixed,
         });
     }
-    let mut buf = vec![0u8; size_of::<T>()];
-    let n = b.len().min(buf.len());
-    buf[..n].copy_from_slice(&b[..n]);
-    read(&buf)
+    let n = b.len().min(size_of::<T>());
+    let mut out = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `n` bytes fit in both; T is plain data, valid for any bit pattern (zero too).
+    unsafe {
+        std::ptr::copy_nonoverlapping(b.as_ptr(), out.as_mut_ptr().cast::<u8>(), n);
+        Ok(out.assume_init())
+    }
+}
+
+/// A device number in the kernel's encoding (`major << 20 | minor`) as `stat` reports it.
+fn user_dev(kdev: u32) -> u64 {
+    if kdev == 0 {
+        return 0;
+    }
+    libc::makedev(kdev >> 20, kdev & 0xf_ffff)
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -300,6 +315,8 @@ impl TryFrom<&[u8]> for Event {
                     uid: e.uid,
                     gid: e.gid,
                     start_ns: e.start_ns,
+                    exe_id: (user_dev(e.exe_dev), e.exe_ino),
+                    cgroup_v1: e.cgroup_v1,
                     comm: cstr(&e.comm),
                     filename: cstr(&e.filename),
                     argv,
@@ -528,6 +545,8 @@ mod tests {
         e.argv[..args.len()].copy_from_slice(args);
         e.argv_len = args.len() as u32;
         e.filename[..10].copy_from_slice(b"/tmp/xmrig");
+        e.exe_dev = (8 << 20) | 0x1_0002; // sdq2: minor past 255
+        e.exe_ino = 4242;
         // The record is cut after the argv bytes used.
         let rec = bytes(&e)[..EXEC_FIXED + args.len()].to_vec();
         let Event::Exec(x) = Event::try_from(&rec[..]).unwrap() else {
@@ -535,6 +554,7 @@ mod tests {
         };
         assert_eq!(x.argv, ["xmrig", "-o", "pool:3333"]);
         assert_eq!(x.filename, "/tmp/xmrig");
+        assert_eq!(x.exe_id, (libc::makedev(8, 0x1_0002), 4242));
         // An argv_len past the record's end is cut to it, never read beyond.
         e.argv_len = 2000;
         let rec = bytes(&e)[..EXEC_FIXED + args.len()].to_vec();

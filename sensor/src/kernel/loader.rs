@@ -266,8 +266,29 @@ pub fn btf_offsets() -> Result<(KernelOffsets, Vec<String>), crate::kernel::btf:
         bprm_filename: get("linux_binprm", "filename"),
         sock_err: get("sock", "sk_err"),
         task_start_boottime: get("task_struct", "start_boottime"),
+        mm_exe_file: get("mm_struct", "exe_file"),
+        file_inode: get("file", "f_inode"),
+        inode_ino: get("inode", "i_ino"),
+        inode_sb: get("inode", "i_sb"),
+        sb_dev: get("super_block", "s_dev"),
+        task_cgroups: get("task_struct", "cgroups"),
+        css_set_subsys: get("css_set", "subsys"),
+        css_cgroup: get("cgroup_subsys_state", "cgroup"),
+        cgroup_kn: get("cgroup", "kn"),
+        kernfs_id: get("kernfs_node", "id"),
         ..KernelOffsets::ZERO
     };
+    // The v1 cgroup key reads one `css_set.subsys` slot per mounted v1 hierarchy, by the
+    // subsystem order /proc/cgroups shows; both must agree on how many subsystems there are.
+    let v1 = crate::enrich::proc::CgroupV1::read();
+    match btf.member_array_len("css_set", "subsys") {
+        Ok(n) if n as usize == v1.subsystems => o.cgroup_v1_subsys = v1.mask(),
+        Ok(n) => missing.push(format!(
+            "css_set.subsys has {n} slots but /proc/cgroups lists {} subsystems",
+            v1.subsystems
+        )),
+        Err(e) => missing.push(e.to_string()),
+    }
     // The saved FPU registers moved behind `fpu.fpstate` in Linux 5.16; before that they
     // were `fpu.state` itself.
     match (
@@ -305,6 +326,16 @@ pub fn offset_table(o: &KernelOffsets) -> Vec<(&'static str, u32)> {
         ("task_struct.start_boottime", o.task_start_boottime),
         ("fpu.fpstate", o.fpu_fpstate),
         ("fpstate.regs.xsave.i387.mxcsr", o.fpu_mxcsr),
+        ("mm_struct.exe_file", o.mm_exe_file),
+        ("file.f_inode", o.file_inode),
+        ("inode.i_ino", o.inode_ino),
+        ("inode.i_sb", o.inode_sb),
+        ("super_block.s_dev", o.sb_dev),
+        ("task_struct.cgroups", o.task_cgroups),
+        ("css_set.subsys", o.css_set_subsys),
+        ("cgroup_subsys_state.cgroup", o.css_cgroup),
+        ("cgroup.kn", o.cgroup_kn),
+        ("kernfs_node.id", o.kernfs_id),
     ]
 }
 

@@ -2,13 +2,14 @@
 //! state: the table of processes ([`process`], one record per process, forgotten in one
 //! place) and the signals ([`signals`], one file each behind one interface). The run loop
 //! ([`run`]) only moves records between the kernel, this and the outputs.
+mod describe;
 mod launch;
 pub mod process;
 mod run;
 pub mod signals;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     path::Path,
     sync::Arc,
@@ -33,7 +34,7 @@ use crate::{
     },
     kernel::{
         CpuTotals, Event,
-        events::{self, DecodeError, Exec, Meta},
+        events::{self, DecodeError, Meta},
     },
     output::{Outputs, StatsRecord, rfc3339},
 };
@@ -124,52 +125,9 @@ pub struct Pipeline {
     reported: BTreeMap<&'static str, u64>,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     wall_offset_ns: i128,
-    /// cgroup paths by the cgroup id the kernel reports, as /proc showed them: the processes
-    /// of one job or service share a cgroup, so its path is read once, not at every exec.
-    /// `None` on nodes with cgroup v1 hierarchies, where a v1 job path (the one reported) is
-    /// not told by the v2 id the kernel gives.
-    cgroups: Option<CgroupCache>,
+    /// Completes exec records from /proc, or from what earlier ones showed.
+    describer: describe::Describer,
 }
-
-/// cgroup v2 paths by id, each checked against the id when kept: a v2 cgroup's id is its
-/// directory's inode, so a path read after the process moved on is not kept under the id
-/// it had at exec.
-struct CgroupCache {
-    /// Where the cgroup v2 tree is mounted.
-    root: String,
-    paths: HashMap<u64, String>,
-}
-
-impl CgroupCache {
-    fn new() -> Option<Self> {
-        if !procfs::unified_cgroups() {
-            return None;
-        }
-        Some(CgroupCache {
-            root: crate::kernel::loader::cgroup2_root()?,
-            paths: HashMap::new(),
-        })
-    }
-
-    fn get(&self, id: u64) -> Option<String> {
-        self.paths.get(&id).cloned()
-    }
-
-    fn keep(&mut self, id: u64, path: &str) {
-        use std::os::unix::fs::MetadataExt as _;
-        let dir = format!("{}{}", self.root.trim_end_matches('/'), path);
-        if id == 0 || std::fs::metadata(dir).map(|m| m.ino()).ok() != Some(id) {
-            return;
-        }
-        if self.paths.len() >= CGROUPS_KEPT {
-            self.paths.clear();
-        }
-        self.paths.insert(id, path.to_string());
-    }
-}
-
-/// Most cgroup paths kept by id; past this the cache starts over (a node has a few hundred).
-const CGROUPS_KEPT: usize = 4096;
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -205,7 +163,7 @@ impl Pipeline {
             out,
             reported: BTreeMap::new(),
             wall_offset_ns: unix_ns(SystemTime::now()) - monotonic_ns() as i128,
-            cgroups: CgroupCache::new(),
+            describer: describe::Describer::new(),
             cfg,
         }
     }
@@ -321,7 +279,7 @@ impl Pipeline {
                 return;
             }
             Event::Exec(e) => {
-                let info = self.describe(e);
+                let info = self.describer.describe(e, &self.table);
                 // Asked now, so the name is there when an alert needs it.
                 self.users.want(info.uid);
                 let at = self.wall(e.meta.ktime_ns);
@@ -403,65 +361,6 @@ impl Pipeline {
     /// tgids forgotten since the last call (their kernel map entries go too).
     pub fn take_forgotten(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.forgotten)
-    }
-
-    /// A process as its exec shows it, completed from /proc through one directory handle,
-    /// checked against the start time the kernel gave: the resolved exe (memfd and deleted
-    /// files show there), the cgroup path when the cgroup changed, argv when the kernel
-    /// could not read it.
-    fn describe(&mut self, e: &Exec) -> Process {
-        let pid = e.meta.tgid;
-        let start = procfs::ns_to_ticks(e.start_ns);
-        let prev = self.table.get(pid).map(|t| &t.info);
-        // The cgroup rarely changes at exec: on a cgroup v2 node, reuse the known path
-        // unless the kernel reports another cgroup id (a fork child inherits its parent's id
-        // and path), or the path another process in that cgroup showed. With v1 hierarchies
-        // the path is read every time: Slurm moves a step's processes into a v1 job cgroup,
-        // which the v2 id does not show.
-        let known_cgroup = self.cgroups.as_ref().and_then(|cache| {
-            prev.filter(|p| !p.cgroup.is_empty() && p.cgroup_id == e.meta.cgroup_id)
-                .map(|p| p.cgroup.clone())
-                .or_else(|| cache.get(e.meta.cgroup_id))
-        });
-        let need_argv = e.argv.is_empty() && e.argv_missing;
-        let more = procfs::exec_details(
-            Path::new("/proc"),
-            pid,
-            (start != 0).then_some(start),
-            known_cgroup.is_none(),
-            need_argv,
-        );
-        let ppid = match (e.ppid, prev) {
-            (0, Some(p)) => p.ppid,
-            (p, _) => p,
-        };
-        let cgroup = match (known_cgroup, more.cgroup) {
-            (Some(known), _) => known,
-            (None, Some(read)) => {
-                if let Some(cache) = &mut self.cgroups {
-                    cache.keep(e.meta.cgroup_id, &read);
-                }
-                read
-            }
-            (None, None) => String::new(),
-        };
-        Process {
-            pid,
-            start,
-            ppid,
-            uid: e.uid,
-            comm: e.comm.clone(),
-            exe: more.exe.unwrap_or_else(|| e.filename.clone()),
-            job: procfs::slurm_job(&cgroup),
-            cgroup,
-            cgroup_id: e.meta.cgroup_id,
-            argv: if need_argv {
-                more.argv.unwrap_or_default()
-            } else {
-                e.argv.clone()
-            },
-            preexisting: false,
-        }
     }
 
     /// Changes to watched files, from the persistence watch; `overflows` and `watched` are
@@ -659,6 +558,8 @@ impl Pipeline {
             ("file_overflows", self.counters.file_overflows),
             ("saturation_unsent", self.counters.saturation_unsent),
             ("files_watched", self.counters.files_watched),
+            ("exe_paths_reused", self.describer.exes_reused),
+            ("cgroup_paths_reused", self.describer.cgroups_reused),
         ]);
         for s in &self.signals {
             s.counters(&self.table, &mut c);

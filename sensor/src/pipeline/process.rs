@@ -262,6 +262,7 @@ mod tests {
             argv: vec!["sh".into()],
             cgroup: "/slurm/job_3".into(),
             cgroup_id: 77,
+            cgroup_v1: 0,
             job: Some(3),
             preexisting: true,
         }

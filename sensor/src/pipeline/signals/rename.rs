@@ -4,7 +4,7 @@
 //! rename waits up to [`EXEC_WAIT_NS`] for it before it is judged (or until the process
 //! exits). A name that imitates a kernel thread is `fake_kernel_thread`; any other rename is
 //! weak evidence.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use minerwatch_detect::{Finding, indicators};
 
@@ -20,8 +20,10 @@ const EXEC_WAIT_NS: u64 = 1_000_000_000;
 
 #[derive(Default)]
 struct Rename {
-    /// Processes with a rename waiting, and since when.
-    waiting: Vec<(ProcessKey, u64)>,
+    /// Processes with a rename waiting, and since when, oldest first. An entry whose process
+    /// is gone, or whose rename an exec explained, is dropped when it comes due: at most
+    /// [`EXEC_WAIT_NS`] of renames (every exec renames), never searched one by one.
+    waiting: VecDeque<(ProcessKey, u64)>,
     /// Renames judged, and renames that were an exec's.
     renames: u64,
     by_exec: u64,
@@ -87,7 +89,7 @@ impl Signal for Rename {
         let key = t.key;
         let pending = t.state::<Pending>();
         if pending.0.is_none() {
-            self.waiting.push((key, r.meta.ktime_ns));
+            self.waiting.push_back((key, r.meta.ktime_ns));
         }
         // A chain of renames keeps the first name and the last.
         let old = pending
@@ -102,25 +104,17 @@ impl Signal for Rename {
     }
 
     fn on_tick(&mut self, tick: &Tick<'_>, table: &mut Table, out: &mut Vec<Found>) {
-        let due: Vec<ProcessKey> = self
-            .waiting
-            .iter()
-            .filter(|(_, since)| tick.now_ns.saturating_sub(*since) >= EXEC_WAIT_NS)
-            .map(|(k, _)| *k)
-            .collect();
-        self.waiting
-            .retain(|(_, since)| tick.now_ns.saturating_sub(*since) < EXEC_WAIT_NS);
-        for key in due {
+        while let Some(&(key, since)) = self.waiting.front() {
+            if tick.now_ns.saturating_sub(since) < EXEC_WAIT_NS {
+                break;
+            }
+            self.waiting.pop_front();
             if let Some(t) = table.get_mut(key.tgid)
                 && t.key == key
             {
                 self.judge(t, out);
             }
         }
-    }
-
-    fn forget(&mut self, key: ProcessKey) {
-        self.waiting.retain(|(k, _)| *k != key);
     }
 
     fn counters(&self, _: &Table, out: &mut BTreeMap<&'static str, u64>) {
