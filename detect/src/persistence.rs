@@ -116,9 +116,9 @@ pub fn watched_dirs() -> impl Iterator<Item = &'static str> {
 /// [`watched_dirs`], or an `.ssh` directory.
 pub fn classify(dir: &str, name: &str) -> Option<Target> {
     // Editors and tools write a temporary file first and move it in: the move is judged.
-    if name.starts_with('.') && !dir.ends_with("/.ssh")
-        || name.ends_with('~')
+    if name.ends_with('~')
         || name.ends_with(".swp")
+        || name.ends_with(".swx")
         || name.ends_with(".dpkg-new")
         || name.ends_with(".dpkg-tmp")
     {
@@ -132,7 +132,10 @@ pub fn classify(dir: &str, name: &str) -> Option<Target> {
             .starts_with("authorized_keys")
             .then_some(Target::AuthorizedKeys);
     }
-    DIRS.iter().find(|(d, _)| *d == dir).map(|(_, t)| *t)
+    let target = DIRS.iter().find(|(d, _)| *d == dir).map(|(_, t)| *t)?;
+    // cron, systemd and sudo ignore names with a leading dot, so those are temporaries; a
+    // program directory runs them like any other (`/usr/local/bin/.x` is a hidden binary).
+    (!name.starts_with('.') || target == Target::SystemBinary).then_some(target)
 }
 
 /// Programs that install and upgrade packages, and their helpers.
@@ -215,6 +218,13 @@ mod tests {
         // Temporaries are not judged; the move that installs them is.
         assert_eq!(classify("/etc/cron.d", ".placeholder"), None);
         assert_eq!(classify("/usr/bin", "ls.dpkg-new"), None);
+        assert_eq!(classify("/etc/systemd/system", ".x.service"), None);
+        // A hidden program is still a program; an editor's swap file is not.
+        assert_eq!(
+            classify("/usr/local/bin", ".kworker"),
+            Some(Target::SystemBinary)
+        );
+        assert_eq!(classify("/usr/local/bin", ".deploy.sh.swp"), None);
         assert_eq!(classify("/etc", "sudoers~"), None);
         assert_eq!(classify("/srv", "x"), None);
     }

@@ -1,7 +1,8 @@
 //! Persistence, the way a miner sets it up: a cron job written by a shell, a binary moved
-//! into /usr/local/bin, each attributed to the process that did it; the same by the real dpkg
-//! installing a package the test built, weighing little, and by a copy named dpkg, weighing
-//! full; an ordinary file in /etc, nothing. The files and the package are the test's own,
+//! into /usr/local/bin, a hidden one written there, each attributed to the process that did
+//! it; the same by the real dpkg installing a package the test built and by its maintainer
+//! script, weighing little, and by a copy named dpkg, weighing full; an ordinary file in
+//! /etc, nothing. The files and the package are the test's own,
 //! under names no package uses, and removed afterwards.
 use std::{
     fs,
@@ -71,8 +72,9 @@ impl Drop for RestoreKeys {
 /// The stand-in package the real dpkg installs.
 const PACKAGE: &str = "minerwatch-test-pm";
 
-/// Builds `PACKAGE`, holding one script at `bin`, with `dpkg-deb`; returns the .deb.
-fn build_package(dir: &std::path::Path, bin: &std::path::Path) -> PathBuf {
+/// Builds `PACKAGE`, holding one script at `bin` and a maintainer script that writes the
+/// cron job `cron` when the package is configured, with `dpkg-deb`; returns the .deb.
+fn build_package(dir: &std::path::Path, bin: &std::path::Path, cron: &std::path::Path) -> PathBuf {
     let root = dir.join("pkg");
     let file = root.join(bin.strip_prefix("/").expect("absolute"));
     fs::create_dir_all(root.join("DEBIAN")).expect("make the package tree");
@@ -88,6 +90,16 @@ fn build_package(dir: &std::path::Path, bin: &std::path::Path) -> PathBuf {
     .expect("write the control file");
     fs::write(&file, "#!/bin/sh\n").expect("write the packaged script");
     fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).expect("chmod the script");
+    let postinst = root.join("DEBIAN/postinst");
+    fs::write(
+        &postinst,
+        format!(
+            "#!/bin/sh\nset -e\nprintf '# minerwatch test\\n' > {}\n",
+            cron.display()
+        ),
+    )
+    .expect("write the postinst");
+    fs::set_permissions(&postinst, fs::Permissions::from_mode(0o755)).expect("chmod postinst");
     let deb = dir.join(format!("{PACKAGE}.deb"));
     let out = Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zgzip", "--build"])
@@ -130,7 +142,9 @@ fn persistence_is_attributed_to_its_writer() {
     let cron = PathBuf::from(format!("/etc/cron.d/minerwatch-test-{tag}"));
     let bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-{tag}"));
     let pm_bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-pm-{tag}"));
+    let pm_cron = PathBuf::from(format!("/etc/cron.d/minerwatch-test-pm-{tag}"));
     let fake_bin = PathBuf::from(format!("/usr/local/bin/minerwatch-test-fake-{tag}"));
+    let hidden_bin = PathBuf::from(format!("/usr/local/bin/.minerwatch-test-hidden-{tag}"));
     let etc = PathBuf::from(format!("/etc/minerwatch-test-{tag}.conf"));
     fs::create_dir_all("/etc/cron.d").unwrap();
     fs::create_dir_all("/usr/local/bin").unwrap();
@@ -138,7 +152,9 @@ fn persistence_is_attributed_to_its_writer() {
         cron.clone(),
         bin.clone(),
         pm_bin.clone(),
+        pm_cron.clone(),
         fake_bin.clone(),
+        hidden_bin.clone(),
         etc.clone(),
     ]);
     let dir = scratch("persistence");
@@ -210,9 +226,22 @@ fn persistence_is_attributed_to_its_writer() {
     assert_eq!(a["comm"], "mv", "{a}");
     p.wait();
 
+    // A hidden program written straight into /usr/local/bin: a dot-name there is not a
+    // temporary.
+    let p = sh(&format!("printf '#!/bin/sh\\n' > {}", hidden_bin.display()));
+    let a = s
+        .wait_alert(p.pid(), "persistence", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a hidden binary not attributed:\n{}", s.stderr_text()));
+    let d = reason_detail(&a, "persistence");
+    assert!(
+        d.contains(&hidden_bin.display().to_string()) && d.contains("a system binary"),
+        "{d}"
+    );
+    drop(p);
+
     // The package manager: the real dpkg installing a package the test built, which puts a
     // binary in /usr/local/bin. Told apart, and weighs little.
-    let pkg = build_package(&dir, &pm_bin);
+    let pkg = build_package(&dir, &pm_bin, &pm_cron);
     let _purge = Purge;
     let p = Proc::spawn(
         Command::new("/usr/bin/dpkg")
@@ -232,6 +261,23 @@ fn persistence_is_attributed_to_its_writer() {
     assert!(severity_rank(&a["severity"]) < 2, "weighs little: {a}");
     assert_eq!(a["exe"], "/usr/bin/dpkg", "{a}");
     let package_manager_score = a["score"].as_u64().unwrap();
+    // Its maintainer script, a shell dpkg started, writes a cron job: the package
+    // manager's too.
+    let dpkg_pid = p.pid();
+    let a = s
+        .wait_for(Duration::from_secs(20), |r| {
+            r["kind"] == "alert"
+                && has_reason(r, "persistence")
+                && reason_detail(r, "persistence").contains(&pm_cron.display().to_string())
+        })
+        .unwrap_or_else(|| panic!("the postinst's cron job not seen:\n{}", s.stderr_text()));
+    assert!(
+        reason_detail(&a, "persistence").contains("as the package manager"),
+        "{a}"
+    );
+    assert!(severity_rank(&a["severity"]) < 2, "weighs little: {a}");
+    assert_ne!(a["pid"], dpkg_pid, "the script, not dpkg itself: {a}");
+    assert_eq!(a["ppid"], dpkg_pid, "started by dpkg: {a}");
     p.wait();
 
     // A copy of a shell named dpkg, outside the system directories: not the package
@@ -271,9 +317,9 @@ fn persistence_is_attributed_to_its_writer() {
         s.alerts_for(pid)
     );
     let c = &s.status()["counters"];
-    assert!(c["persistence_changes"].as_u64() >= Some(3), "{c}");
+    assert!(c["persistence_changes"].as_u64() >= Some(5), "{c}");
     assert!(
-        c["persistence_by_package_manager"].as_u64() >= Some(1),
+        c["persistence_by_package_manager"].as_u64() >= Some(2),
         "{c}"
     );
     assert_eq!(c["file_overflows"].as_u64(), Some(0), "{c}");

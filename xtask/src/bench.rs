@@ -389,7 +389,8 @@ enum Workload {
 }
 
 /// Where the watched-file workload writes: a system-binary directory the persistence watch
-/// marks, under a dot-name that is never judged (temporaries are not), removed after each run.
+/// marks, under a backup name (`name~`) that is never judged, removed after each run: the
+/// cost measured is the watch's, not that of an alert per file.
 const WATCHED_DIR: &str = "/usr/local/bin";
 
 impl Workload {
@@ -477,7 +478,7 @@ impl Workload {
                     format!("cannot make {WATCHED_DIR} for the watched-file workload")
                 })?;
                 let path = Path::new(WATCHED_DIR)
-                    .join(format!(".minerwatch-bench-{}", std::process::id()));
+                    .join(format!("minerwatch-bench-{}~", std::process::id()));
                 let r = (|| -> Result<()> {
                     for _ in 0..s.watched_files {
                         std::fs::File::create(&path)?.write_all(b"x")?;

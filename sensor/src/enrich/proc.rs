@@ -35,6 +35,10 @@ pub struct Process {
     pub job: Option<u64>,
     /// Known from /proc at start rather than seen starting.
     pub preexisting: bool,
+    /// The package manager, or a process it started (maintainer scripts, triggers), as far
+    /// as the sensor saw it start: what it writes to system files is the package manager's.
+    #[serde(skip)]
+    pub package_manager: bool,
 }
 
 /// Slurm job id from a cgroup path (`…/job_1234/…`, v1 or v2 layouts).
@@ -99,6 +103,7 @@ impl Process {
             cgroup_v1: 0,
             job: None,
             preexisting: false,
+            package_manager: false,
         }
     }
 }
@@ -268,6 +273,7 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
         ppid,
         uid,
         comm,
+        package_manager: minerwatch_detect::persistence::is_package_manager(&exe, &argv),
         exe,
         job: slurm_job(&cgroup),
         cgroup,

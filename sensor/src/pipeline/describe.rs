@@ -131,22 +131,28 @@ impl Describer {
             (0, Some(p)) => p.ppid,
             (p, _) => p,
         };
+        let argv = if need_argv {
+            more.argv.unwrap_or_default()
+        } else {
+            e.argv.clone()
+        };
+        // Started by the package manager: the record this exec replaces (the fork's copy of
+        // the parent, or this process's previous image) says so.
+        let started_by_installer = prev.is_some_and(|p| p.package_manager && p.start == start);
         Process {
             pid,
             start,
             ppid,
             uid: e.uid,
             comm: e.comm.clone(),
+            package_manager: started_by_installer
+                || minerwatch_detect::persistence::is_package_manager(&exe, &argv),
             exe,
             job: procfs::slurm_job(&cgroup),
             cgroup,
             cgroup_id: if sure { e.meta.cgroup_id } else { 0 },
             cgroup_v1: if sure { e.cgroup_v1 } else { 0 },
-            argv: if need_argv {
-                more.argv.unwrap_or_default()
-            } else {
-                e.argv.clone()
-            },
+            argv,
             preexisting: false,
         }
     }

@@ -263,6 +263,7 @@ mod tests {
             cgroup: "/slurm/job_3".into(),
             cgroup_id: 77,
             cgroup_v1: 0,
+            package_manager: false,
             job: Some(3),
             preexisting: true,
         }

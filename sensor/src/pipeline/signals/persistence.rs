@@ -1,7 +1,7 @@
 //! Persistence and tampering: a process that writes a cron job, a systemd unit,
 //! `/etc/ld.so.preload`, `authorized_keys`, a system binary, the accounts or sudoers, as the
 //! persistence watch (`crate::files`) reports it with the writer's pid. The package manager's
-//! writes there are its job and weigh little.
+//! writes there, and those of the scripts it runs, are its job and weigh little.
 use std::collections::BTreeMap;
 
 use minerwatch_detect::{Finding, persistence};
@@ -35,7 +35,9 @@ impl Signal for Persistence {
         let Some(target) = persistence::classify(&c.dir, &c.name) else {
             return;
         };
-        let package_manager = persistence::is_package_manager(&t.info.exe, &t.info.argv);
+        // The package manager itself, or a maintainer script or trigger it started.
+        let package_manager =
+            t.info.package_manager || persistence::is_package_manager(&t.info.exe, &t.info.argv);
         self.changes += 1;
         if package_manager {
             self.by_package_manager += 1;
