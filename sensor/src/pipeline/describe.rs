@@ -110,12 +110,19 @@ impl Describer {
             None => {
                 // A process that is gone already: its path as executed, resolved here,
                 // when that leads to the inode the kernel gave.
-                let (exe, id) = match (more.exe, more.exe_id) {
-                    (Some(exe), id) => (Some(exe), id),
-                    (None, _) => ekey
+                // What /proc showed is another file than the kernel's when the pid is
+                // already another process's (or this one exec'd again): not this exec's.
+                let want_id = (e.exe_id.1 != 0).then_some(e.exe_id);
+                let shown = match (more.exe, more.exe_id) {
+                    (Some(_), id) if want_id.is_some() && id != want_id => None,
+                    (exe, _) => exe,
+                };
+                let (exe, id) = match shown {
+                    Some(exe) => (Some(exe), more.exe_id),
+                    None => ekey
                         .as_ref()
                         .map(|k| resolve(&k.0))
-                        .filter(|(_, id)| *id == ekey.as_ref().map(|k| (k.1, k.2)))
+                        .filter(|(_, id)| *id == want_id)
                         .unwrap_or((None, None)),
                 };
                 if let (Some(k), Some(exe), Some(id)) = (ekey, &exe, id)
