@@ -95,6 +95,16 @@ const POOL_WORDS: &[&str] = &[
     "pool", "xmr", "monero", "nicehash", "nanopool", "2miners", "mine",
 ];
 
+/// `host:port`, `scheme://…`: what a miner's `-o` takes. A path is not one.
+fn looks_like_endpoint(u: &str) -> bool {
+    if u.contains("://") {
+        return true;
+    }
+    u.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+    })
+}
+
 fn is_monero_address(s: &str) -> bool {
     // Standard (95) and integrated (106) addresses, base58, starting with 4 or 8.
     matches!(s.len(), 95 | 106)
@@ -153,7 +163,10 @@ pub fn miner_cmdline(argv: &[String]) -> Vec<String> {
             (Some("-o" | "--url"), _, _) => Some(arg.as_str()),
             _ => None,
         };
+        // A pool is `host:port` or a URL; `-o` is also every compiler's output file, and
+        // `gcc -o threadpool` or `-o target/minerwatch` is no pool.
         if let Some(u) = url
+            && looks_like_endpoint(u)
             && POOL_WORDS
                 .iter()
                 .any(|w| u.to_ascii_lowercase().contains(w))
@@ -337,6 +350,9 @@ mod tests {
     fn ordinary_command_lines_are_clean() {
         for a in [
             "gcc -o main main.c -O2",
+            "gcc -o threadpool threadpool.c",
+            "ld.lld -o /work/target/release/build/minerwatch-proto-e9/build_script_build-e9",
+            "cc -o mempool:v2 x.c -O2",
             "ssh -o StrictHostKeyChecking=no host",
             "tar -a -cf x.tar.gz dir",
             "srun -n 64 ./lammps -in in.lj",
