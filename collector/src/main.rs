@@ -122,6 +122,12 @@ struct QueryArgs {
     /// Slurm job id.
     #[arg(long)]
     job: Option<u64>,
+    /// Slurm account (as the sensor's `squeue` reported it).
+    #[arg(long)]
+    account: Option<String>,
+    /// Slurm partition.
+    #[arg(long)]
+    partition: Option<String>,
     /// At most this many, the most recent.
     #[arg(long, default_value_t = 100)]
     limit: u32,
@@ -138,6 +144,8 @@ impl QueryArgs {
             min_severity: self.min_severity.clone(),
             user: self.user.clone(),
             job: self.job,
+            account: self.account.clone(),
+            partition: self.partition.clone(),
             kind,
             limit: self.limit,
             json: self.json,

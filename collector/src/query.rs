@@ -37,6 +37,8 @@ pub struct Filter {
     pub min_severity: Option<String>,
     pub user: Option<String>,
     pub job: Option<u64>,
+    pub account: Option<String>,
+    pub partition: Option<String>,
     pub kind: Option<String>,
     pub limit: u32,
     pub json: bool,
@@ -83,6 +85,12 @@ impl Sql {
         }
         if let Some(j) = f.job {
             s.add(&format!("{table}.job = ?"), Value::Integer(j as i64));
+        }
+        if let Some(a) = &f.account {
+            s.add(&format!("{table}.account = ?"), Value::Text(a.clone()));
+        }
+        if let Some(p) = &f.partition {
+            s.add(&format!("{table}.partition = ?"), Value::Text(p.clone()));
         }
         if let Some(sev) = &f.min_severity {
             let v = parse_severity(sev).ok_or_else(|| QueryError::Arg {

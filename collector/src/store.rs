@@ -26,7 +26,7 @@ pub enum StoreError {
     Stopped,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     user TEXT,
     job INTEGER,
     body BLOB NOT NULL,
+    account TEXT,
+    partition TEXT,
     UNIQUE (node_id, boot_id, seq)
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
@@ -70,7 +72,9 @@ CREATE TABLE IF NOT EXISTS alerts (
     user TEXT,
     job INTEGER,
     source TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    account TEXT,
+    partition TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
 CREATE TABLE IF NOT EXISTS sink_cursors (name TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
@@ -111,9 +115,19 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             })
             .optional()
             .map_err(err)?;
-        if v.is_none() {
+        // Version 2 added the Slurm account and partition to events and alerts.
+        if v.as_deref() == Some("1") {
+            conn.execute_batch(
+                "ALTER TABLE events ADD COLUMN account TEXT;
+                 ALTER TABLE events ADD COLUMN partition TEXT;
+                 ALTER TABLE alerts ADD COLUMN account TEXT;
+                 ALTER TABLE alerts ADD COLUMN partition TEXT;",
+            )
+            .map_err(err)?;
+        }
+        if v.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
             conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
                 [SCHEMA_VERSION.to_string()],
             )
             .map_err(err)?;
@@ -354,8 +368,8 @@ impl WriterState {
     ) -> Result<(), StoreError> {
         let now = now_ns();
         let mut insert_event = tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (node_id, boot_id, seq, time, received, kind, pid, user, job, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT OR IGNORE INTO events (node_id, boot_id, seq, time, received, kind, pid, user, job, body, account, partition)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         let mut buf = Vec::with_capacity(512);
         let mut resumed = Vec::new();
@@ -405,6 +419,12 @@ impl WriterState {
                 process.map(|p| p.user.as_str()).filter(|u| !u.is_empty()),
                 process.and_then(|p| p.slurm_job).map(|j| j as i64),
                 buf,
+                process
+                    .map(|p| p.slurm_account.as_str())
+                    .filter(|a| !a.is_empty()),
+                process
+                    .map(|p| p.slurm_partition.as_str())
+                    .filter(|a| !a.is_empty()),
             ])?;
             let t = touched.entry(state.id).or_default();
             if n == 0 {
@@ -548,8 +568,8 @@ fn insert_alert(
 ) -> Result<(), StoreError> {
     let p = a.process.as_ref();
     tx.prepare_cached(
-        "INSERT INTO alerts (node_id, seq, time, received, severity, pid, user, job, source, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO alerts (node_id, seq, time, received, severity, pid, user, job, source, body, account, partition)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         node_id,
@@ -562,6 +582,8 @@ fn insert_alert(
         p.and_then(|p| p.slurm_job).map(|j| j as i64),
         a.source,
         body,
+        p.map(|p| p.slurm_account.as_str()).filter(|a| !a.is_empty()),
+        p.map(|p| p.slurm_partition.as_str()).filter(|a| !a.is_empty()),
     ])?;
     Ok(())
 }
@@ -583,6 +605,7 @@ fn collector_alert(node: &Node, code: &str, severity: Severity, detail: String) 
         connection: String::new(),
         first_seen_unix_nano: now,
         source: "collector".into(),
+        scope: "node".into(),
     };
     let ev = Event {
         node: Some(node.clone()),
@@ -618,6 +641,49 @@ mod tests {
             .unwrap()
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_slurm_columns_and_keeps_its_rows() {
+        let dir = std::env::temp_dir().join(format!("mw-store-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("c.db");
+        {
+            // The tables as version 1 made them, with a row each.
+            let old = SCHEMA
+                .replace("    account TEXT,\n    partition TEXT,\n", "")
+                .replace(",\n    account TEXT,\n    partition TEXT\n", "\n");
+            assert!(!old.contains("account"), "{old}");
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(&old).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema', '1');
+                 INSERT INTO alerts (node_id, time, received, severity, source, body)
+                     VALUES (1, 1, 1, 3, 'sensor', x'');",
+            )
+            .unwrap();
+        }
+        let c = open_conn(&db, false).unwrap();
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM alerts WHERE account IS NULL AND partition IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let v: String = c
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(v, "2");
+        c.prepare("SELECT account, partition FROM events").unwrap();
+        drop(c);
+        // Opening again changes nothing.
+        open_conn(&db, false).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

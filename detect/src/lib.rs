@@ -14,6 +14,7 @@ pub mod intel;
 pub mod persistence;
 pub mod rounding;
 pub mod saturation;
+pub mod slurm;
 pub mod stratum;
 pub mod tls;
 pub mod tuning;
@@ -77,6 +78,8 @@ pub mod code {
     pub const FAKE_KERNEL_THREAD: &str = "fake_kernel_thread";
     pub const EXE_LOCATION: &str = "suspicious_exe_location";
     pub const CPU_SATURATION: &str = "cpu_saturation";
+    /// Sustained CPU on a Slurm node by a process in no job: a login node, a stray process.
+    pub const OUTSIDE_ALLOCATION: &str = "outside_allocation";
     pub const MINER_PORT: &str = "miner_port";
     pub const RANDOMX: &str = "randomx_fingerprint";
     pub const POOL_INTEL: &str = "pool_intel";
@@ -110,11 +113,19 @@ pub enum Finding {
         why: &'static str,
     },
     /// `ipc`: instructions per cycle over the last interval, where hardware counters exist.
+    /// `slurm_node`: the node runs Slurm, where CPU outside a job is
+    /// [`Finding::OutsideAllocation`]'s to weigh, not this one's.
     CpuSaturation {
         share: f64,
         secs: u64,
         in_job: bool,
+        slurm_node: bool,
         ipc: Option<f64>,
+    },
+    /// Sustained CPU by a process in no Slurm job, on a node that runs Slurm.
+    OutsideAllocation {
+        share: f64,
+        secs: u64,
     },
     MinerPort {
         peer: SocketAddr,
@@ -293,10 +304,11 @@ impl Finding {
                 share,
                 secs,
                 in_job,
+                slurm_node,
                 ipc,
             } => (
                 code::CPU_SATURATION,
-                if *in_job { 5 } else { 15 },
+                if *in_job || *slurm_node { 5 } else { 15 },
                 format!(
                     "{:.0} % of a core for {} {}{}",
                     share * 100.0,
@@ -307,6 +319,15 @@ impl Finding {
                         "outside any Slurm job"
                     },
                     ipc.map(|i| format!(" (IPC {i:.2})")).unwrap_or_default()
+                ),
+            ),
+            Finding::OutsideAllocation { share, secs } => (
+                code::OUTSIDE_ALLOCATION,
+                10,
+                format!(
+                    "{:.0} % of a core for {} by a process in no job allocation, on a Slurm node",
+                    share * 100.0,
+                    human_secs(*secs)
                 ),
             ),
             Finding::MinerPort { peer } => (
@@ -501,7 +522,8 @@ impl Finding {
                 f.push(("exe", exe.clone()));
             }
             Finding::ExeLocation { exe, .. } => f.push(("exe", exe.clone())),
-            Finding::CpuSaturation { share, secs, .. } => {
+            Finding::CpuSaturation { share, secs, .. }
+            | Finding::OutsideAllocation { share, secs } => {
                 f.push(("share", format!("{share:.2}")));
                 f.push(("seconds", secs.to_string()));
             }
@@ -603,6 +625,7 @@ impl Finding {
 pub const WEAK: &[&str] = &[
     code::EXE_LOCATION,
     code::CPU_SATURATION,
+    code::OUTSIDE_ALLOCATION,
     code::MINER_PORT,
     code::LATERAL_SCAN,
     code::POOL_LIKE_NAME,
@@ -831,8 +854,51 @@ mod tests {
             share: 0.98,
             secs: 1200,
             in_job,
+            slurm_node: false,
             ipc: None,
         }
+    }
+
+    #[test]
+    fn on_a_slurm_node_cpu_outside_jobs_is_low_and_inside_is_info() {
+        let outside = |e: &mut Engine| {
+            let sat = Finding::CpuSaturation {
+                share: 0.98,
+                secs: 1200,
+                in_job: false,
+                slurm_node: true,
+                ipc: None,
+            };
+            e.observe(7, 100, &sat);
+            e.observe(
+                7,
+                100,
+                &Finding::OutsideAllocation {
+                    share: 0.98,
+                    secs: 1200,
+                },
+            )
+        };
+        let mut e = Engine::new();
+        let a = outside(&mut e).unwrap();
+        assert_eq!(a.severity, Severity::Low);
+        assert!(a.reasons.iter().any(|r| r.code == code::OUTSIDE_ALLOCATION));
+        // Again and again: still low, never more by itself.
+        for _ in 0..5 {
+            assert!(outside(&mut e).is_none_or(|a| a.severity == Severity::Low));
+        }
+        let inside = Finding::CpuSaturation {
+            share: 0.98,
+            secs: 1200,
+            in_job: true,
+            slurm_node: true,
+            ipc: None,
+        };
+        let mut e = Engine::new();
+        assert!(
+            e.observe(8, 100, &inside)
+                .is_none_or(|a| a.severity == Severity::Info)
+        );
     }
 
     #[test]
@@ -841,6 +907,7 @@ mod tests {
             share: 0.98,
             secs: 1200,
             in_job: false,
+            slurm_node: false,
             ipc: Some(2.13),
         };
         assert_eq!(

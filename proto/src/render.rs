@@ -47,6 +47,23 @@ pub fn parent_chain<'a>(parents: impl Iterator<Item = (&'a str, u32)>) -> String
         .join(" <- ")
 }
 
+/// `Slurm job 12 (account physics, partition batch)`, or what is known of the job.
+fn job_text(p: &Process) -> String {
+    let id = match (p.slurm_job, p.slurm_sluid.as_str()) {
+        (None, "") => return "no Slurm job".into(),
+        (Some(j), _) => j.to_string(),
+        (None, sluid) => printable(sluid),
+    };
+    if !p.slurm_job_verified {
+        return format!("Slurm job {id} (not confirmed by Slurm)");
+    }
+    format!(
+        "Slurm job {id} (account {}, partition {})",
+        printable(&p.slurm_account),
+        printable(&p.slurm_partition)
+    )
+}
+
 fn opt_str(s: &str) -> Value {
     if s.is_empty() {
         Value::Null
@@ -66,6 +83,10 @@ fn process_json(p: &Process) -> Value {
         "argv": p.argv,
         "cgroup": p.cgroup,
         "job": p.slurm_job,
+        "sluid": opt_str(&p.slurm_sluid),
+        "job_verified": p.slurm_job_verified,
+        "account": opt_str(&p.slurm_account),
+        "partition": opt_str(&p.slurm_partition),
         "container": opt_str(&p.container_id),
         "preexisting": p.preexisting,
         "parents": p.parents.iter().map(|a| json!({"pid": a.pid, "comm": a.comm, "exe": a.exe})).collect::<Vec<_>>(),
@@ -154,6 +175,7 @@ pub fn to_json(ev: &Event) -> Value {
                 "connection": opt_str(&a.connection),
                 "first_seen": rfc3339(a.first_seen_unix_nano),
                 "source": a.source,
+                "scope": opt_str(&a.scope),
             }),
         ),
         Some(Body::Loss(l)) => json!({
@@ -254,9 +276,7 @@ pub fn to_text(ev: &Event) -> String {
             } else {
                 p.user.clone()
             };
-            let job = p
-                .slurm_job
-                .map_or("no Slurm job".to_string(), |j| format!("Slurm job {j}"));
+            let job = job_text(&p);
             let what = if a.revision == 0 {
                 "ALERT"
             } else {
@@ -382,6 +402,41 @@ mod tests {
         assert_eq!(v["severity"], "high");
         assert_eq!(v["reasons"][0]["code"], "stratum_protocol");
         assert_eq!(v["node"], "n1");
+    }
+
+    #[test]
+    fn alerts_name_the_job_slurm_confirmed_or_say_it_did_not() {
+        let mut ev = alert();
+        let v = to_json(&ev);
+        for k in ["job", "account", "partition", "sluid"] {
+            assert!(v[k].is_null(), "{k} is null without a job: {v}");
+        }
+        assert!(to_text(&ev).contains("no Slurm job"));
+        if let Some(Body::Alert(a)) = ev.body.as_mut()
+            && let Some(p) = a.process.as_mut()
+        {
+            p.slurm_job = Some(12);
+            p.slurm_job_verified = true;
+            p.slurm_account = "physics".into();
+            p.slurm_partition = "batch".into();
+        }
+        let v = to_json(&ev);
+        assert_eq!(
+            (v["job"].as_u64(), v["account"].as_str()),
+            (Some(12), Some("physics"))
+        );
+        assert_eq!(v["partition"], "batch");
+        assert!(to_text(&ev).contains("Slurm job 12 (account physics, partition batch)"));
+        if let Some(Body::Alert(a)) = ev.body.as_mut()
+            && let Some(p) = a.process.as_mut()
+        {
+            *p = Process {
+                slurm_sluid: "sEKNKTV3WPV500".into(),
+                ..Default::default()
+            };
+        }
+        assert_eq!(to_json(&ev)["sluid"], "sEKNKTV3WPV500");
+        assert!(to_text(&ev).contains("Slurm job sEKNKTV3WPV500 (not confirmed by Slurm)"));
     }
 
     #[test]

@@ -61,6 +61,11 @@ pub struct FileConfig {
     pub pool_feeds: Option<Vec<String>>,
     /// Use the pool list that ships with minerwatch (default true).
     pub bundled_pools: Option<bool>,
+    /// Folders (paths inside a cgroup hierarchy, e.g. `/system.slice/slurmstepd.scope`)
+    /// that slurmstepd makes job cgroups in, besides those learned from slurmd's own cgroup.
+    pub slurm_cgroup_anchors: Option<Vec<String>>,
+    /// The `squeue` that answers for jobs (default: `squeue` on PATH; `""` asks nothing).
+    pub slurm_squeue: Option<String>,
 }
 
 impl FileConfig {
@@ -107,6 +112,8 @@ impl FileConfig {
             heartbeat_interval: over.heartbeat_interval.or(self.heartbeat_interval),
             pool_feeds: over.pool_feeds.or(self.pool_feeds),
             bundled_pools: over.bundled_pools.or(self.bundled_pools),
+            slurm_cgroup_anchors: over.slurm_cgroup_anchors.or(self.slurm_cgroup_anchors),
+            slurm_squeue: over.slurm_squeue.or(self.slurm_squeue),
         }
     }
 }
@@ -161,10 +168,26 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub pool_feeds: Vec<PathBuf>,
     pub bundled_pools: bool,
+    pub slurm_cgroup_anchors: Vec<String>,
+    /// `None`: ask Slurm nothing about jobs.
+    pub slurm_squeue: Option<PathBuf>,
 }
 
 impl Config {
     pub fn from_file_config(f: FileConfig) -> Result<Self, ConfigError> {
+        let anchors = f.slurm_cgroup_anchors.clone().unwrap_or_default();
+        if let Some(bad) = anchors.iter().find(|a| {
+            !a.starts_with('/')
+                || a.trim_end_matches('/').is_empty()
+                || a.split('/').any(|s| s == ".." || s == ".")
+        }) {
+            return Err(ConfigError::Invalid {
+                field: "slurm_cgroup_anchors",
+                reason: format!(
+                    "{bad:?} is not a folder inside a cgroup hierarchy (absolute, below the root, without . or ..)"
+                ),
+            });
+        }
         let window = f.saturation_window.unwrap_or(120);
         if !(1..=86_400).contains(&window) {
             return Err(ConfigError::Invalid {
@@ -307,6 +330,12 @@ impl Config {
                 .map(PathBuf::from)
                 .collect(),
             bundled_pools: f.bundled_pools.unwrap_or(true),
+            slurm_cgroup_anchors: anchors,
+            slurm_squeue: match f.slurm_squeue.as_deref() {
+                None => Some(PathBuf::from("squeue")),
+                Some("") => None,
+                Some(p) => Some(PathBuf::from(p)),
+            },
         })
     }
 }
@@ -370,6 +399,12 @@ mod tests {
             ("listen = \"everywhere\"", "listen"),
             ("spool_max_mb = 1", "spool_max_mb"),
             ("heartbeat_interval = 0", "heartbeat_interval"),
+            ("slurm_cgroup_anchors = [\"slurm\"]", "slurm_cgroup_anchors"),
+            ("slurm_cgroup_anchors = [\"/\"]", "slurm_cgroup_anchors"),
+            (
+                "slurm_cgroup_anchors = [\"/a/../b\"]",
+                "slurm_cgroup_anchors",
+            ),
         ] {
             let e = Config::from_file_config(parse(t).unwrap()).unwrap_err();
             assert!(

@@ -190,6 +190,8 @@ impl RunArgs {
             heartbeat_interval: self.heartbeat_interval,
             pool_feeds: (!self.pool_feeds.is_empty()).then(|| self.pool_feeds.clone()),
             bundled_pools: self.no_bundled_pools.then_some(false),
+            slurm_cgroup_anchors: None,
+            slurm_squeue: None,
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }

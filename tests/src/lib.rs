@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod slurm;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

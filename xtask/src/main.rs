@@ -76,6 +76,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("python3-numpy", "f2py3"),  // ...NumPy on a BLAS
     ("dnsmasq-base", "dnsmasq"), // the name server the DNS test's lookups go to
+    ("slurm-wlm", "slurmctld"),  // a one-node Slurm cluster for the job tests...
+    ("munge", "munged"),         // ...and its authentication
 ];
 
 fn root() -> PathBuf {

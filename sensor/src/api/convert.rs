@@ -14,7 +14,10 @@ use minerwatch_detect::{
 };
 
 use crate::{
-    enrich::proc::{self as proctable, Process as Proc},
+    enrich::{
+        proc::{self as proctable, Process as Proc},
+        slurm::JobInfo,
+    },
     kernel::{events::Transport, loader::HookStatus},
     pipeline::AlertRecord,
 };
@@ -34,7 +37,8 @@ pub fn severity(s: Severity) -> pb::Severity {
     }
 }
 
-fn process(p: &Proc, user: Option<&str>) -> Process {
+fn process(p: &Proc, user: Option<&str>, job: Option<&JobInfo>) -> Process {
+    let job = job.filter(|j| p.job.is_none_or(|id| id == j.id));
     Process {
         pid: p.pid,
         ppid: p.ppid,
@@ -44,16 +48,23 @@ fn process(p: &Proc, user: Option<&str>) -> Process {
         exe: p.exe.clone(),
         argv: p.argv.clone(),
         cgroup: p.cgroup.clone(),
-        slurm_job: p.job,
+        slurm_job: p.job.or(job.map(|j| j.id)),
+        slurm_sluid: p.sluid.clone().unwrap_or_default(),
+        slurm_job_verified: job.is_some(),
+        slurm_account: job.map(|j| j.account.clone()).unwrap_or_default(),
+        slurm_partition: job.map(|j| j.partition.clone()).unwrap_or_default(),
+        slurm_user: job.map(|j| j.user.clone()).unwrap_or_default(),
+        slurm_cpus: job.map_or(0, |j| j.cpus),
+        slurm_gpus: job.map_or(0, |j| j.gpus),
         container_id: proctable::container_id(&p.cgroup).unwrap_or_default(),
         preexisting: p.preexisting,
         parents: Vec::new(),
     }
 }
 
-pub fn exec(p: &Proc, user: Option<&str>) -> Body {
+pub fn exec(p: &Proc, user: Option<&str>, job: Option<&JobInfo>) -> Body {
     Body::Exec(ProcessExec {
-        process: Some(process(p, user)),
+        process: Some(process(p, user, job)),
     })
 }
 
@@ -116,6 +127,7 @@ pub fn evidence(pid: u32, f: &Finding, about: Option<SocketAddr>) -> Option<Body
             secs,
             in_job,
             ipc,
+            ..
         } => Some(saturation(pid, *share, *secs, *in_job, *ipc)),
         other => {
             let r = other.reason();
@@ -139,7 +151,7 @@ pub fn evidence(pid: u32, f: &Finding, about: Option<SocketAddr>) -> Option<Body
 /// The one rendering of an alert: JSON lines, the terminal, `GetEvents` and collectors all
 /// show this message.
 pub fn alert(a: &AlertRecord) -> Body {
-    let mut p = process(&a.process, a.user.as_deref());
+    let mut p = process(&a.process, a.user.as_deref(), a.job.as_deref());
     p.parents = a
         .parents
         .iter()
@@ -167,6 +179,7 @@ pub fn alert(a: &AlertRecord) -> Body {
         connection: a.connection.map(|c| c.to_string()).unwrap_or_default(),
         first_seen_unix_nano: unix_nano(a.first_seen_at),
         source: "sensor".into(),
+        scope: "process".into(),
     })
 }
 

@@ -24,7 +24,7 @@ pub struct Process {
     /// Resolved `/proc/<pid>/exe` (shows memfd and deleted files), else the exec filename.
     pub exe: String,
     pub argv: Vec<String>,
-    /// cgroup v2 path, or the first v1 path naming a Slurm job.
+    /// The path of the Slurm job's cgroup when the process is in one, else the cgroup v2 path.
     pub cgroup: String,
     /// cgroup v2 id the path is known to be for: 0 when read from /proc at start, or read
     /// after the process may have moved (see `pipeline::describe`).
@@ -32,20 +32,16 @@ pub struct Process {
     /// The v1 cgroups' key the path is known to be for (0 on cgroup v2 nodes, and as above).
     #[serde(skip)]
     pub cgroup_v1: u64,
+    /// Slurm job id, when the process is in a job's cgroup under slurmstepd's folder.
     pub job: Option<u64>,
+    /// The job's SLUID, when its folder is named by one (Slurm 26.05).
+    pub sluid: Option<String>,
     /// Known from /proc at start rather than seen starting.
     pub preexisting: bool,
     /// The package manager, or a process it started (maintainer scripts, triggers), as far
     /// as the sensor saw it start: what it writes to system files is the package manager's.
     #[serde(skip)]
     pub package_manager: bool,
-}
-
-/// Slurm job id from a cgroup path (`…/job_1234/…`, v1 or v2 layouts).
-pub fn slurm_job(cgroup: &str) -> Option<u64> {
-    cgroup
-        .split('/')
-        .find_map(|seg| seg.strip_prefix("job_")?.parse().ok())
 }
 
 /// Container id from a cgroup path: the 64-hex id that Docker (`docker-<id>.scope`,
@@ -70,21 +66,30 @@ fn is_unified(cgroup_file: &str) -> bool {
     lines.next().is_some_and(|l| l.starts_with("0::")) && lines.next().is_none()
 }
 
-/// Picks the cgroup to report from `/proc/<pid>/cgroup`: a Slurm job path if any hierarchy
-/// has one, else the v2 (`0::`) path.
-pub fn parse_cgroup_file(text: &str) -> String {
-    let paths: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .collect();
-    if let Some(p) = paths.iter().find(|p| slurm_job(p).is_some()) {
-        return p.to_string();
+/// Where `/proc/<pid>/cgroup` puts a process: a Slurm job's path and the job when a
+/// hierarchy has it under slurmstepd's folder (see [`super::slurm`]), else the v2 (`0::`)
+/// path.
+pub fn parse_cgroup_file(text: &str) -> Placement {
+    if let Some((job, path)) = super::slurm::job_of(text) {
+        return Placement {
+            path,
+            job: Some(job),
+        };
     }
-    text.lines()
+    let path = text
+        .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .or(paths.first().copied())
+        .or_else(|| text.lines().find_map(|l| l.splitn(3, ':').nth(2)))
         .unwrap_or("")
-        .to_string()
+        .to_string();
+    Placement { path, job: None }
+}
+
+/// A process's cgroup as reported, and its Slurm job.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    pub path: String,
+    pub job: Option<super::slurm::JobRef>,
 }
 
 impl Process {
@@ -102,6 +107,7 @@ impl Process {
             cgroup_id: 0,
             cgroup_v1: 0,
             job: None,
+            sluid: None,
             preexisting: false,
             package_manager: false,
         }
@@ -263,10 +269,11 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
         .link("exe")
         .map(|b| escape_bytes(&b))
         .unwrap_or_default();
-    let cgroup = dir
+    let placed = dir
         .read("cgroup")
         .map(|t| parse_cgroup_file(&String::from_utf8_lossy(&t)))
         .unwrap_or_default();
+    let job = placed.job.unwrap_or_default();
     Some(Process {
         pid,
         start,
@@ -275,8 +282,9 @@ pub fn read_process(proc_root: &Path, pid: u32, expect_start: Option<u64>) -> Op
         comm,
         package_manager: minerwatch_detect::persistence::is_package_manager(&exe, &argv),
         exe,
-        job: slurm_job(&cgroup),
-        cgroup,
+        job: job.id,
+        sluid: job.sluid,
+        cgroup: placed.path,
         cgroup_id: 0,
         cgroup_v1: 0,
         argv,
@@ -702,20 +710,18 @@ pids\t8\t1\t1
     }
 
     #[test]
-    fn slurm_jobs_from_cgroup_paths() {
+    fn a_job_like_folder_outside_slurmstepd_is_no_job() {
+        // No slurmd anchors hierarchy 12 or the v2 tree's /user.slice.
+        let v1 = "12:cpuset:/user/uid_1000/job_99/step_0\n0::/user.slice\n";
         assert_eq!(
-            slurm_job("/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0"),
-            Some(4242)
+            parse_cgroup_file(v1),
+            Placement {
+                path: "/user.slice".into(),
+                job: None
+            }
         );
-        assert_eq!(slurm_job("/slurm/uid_1000/job_77/step_batch"), Some(77));
         assert_eq!(
-            slurm_job("/user.slice/user-1000.slice/session-3.scope"),
-            None
-        );
-        let v1 = "12:cpuset:/slurm/uid_1000/job_99/step_0\n0::/user.slice\n";
-        assert_eq!(parse_cgroup_file(v1), "/slurm/uid_1000/job_99/step_0");
-        assert_eq!(
-            parse_cgroup_file("3:memory:/\n0::/user.slice/a.scope\n"),
+            parse_cgroup_file("3:memory:/\n0::/user.slice/a.scope\n").path,
             "/user.slice/a.scope"
         );
     }

@@ -13,7 +13,7 @@ use std::{collections::HashMap, path::Path};
 
 use super::process::Table;
 use crate::{
-    enrich::proc::{self as procfs, CgroupV1, Process, Want},
+    enrich::proc::{self as procfs, CgroupV1, Placement, Process, Want},
     kernel::events::Exec,
 };
 
@@ -26,7 +26,7 @@ pub struct Describer {
     /// Where the cgroup v2 tree is mounted, when it is.
     v2_root: Option<String>,
     v1: CgroupV1,
-    cgroups: HashMap<(u64, u64), String>,
+    cgroups: HashMap<(u64, u64), Placement>,
     exes: HashMap<(String, u64, u64), String>,
     /// Paths reused rather than read, for the status counters.
     pub cgroups_reused: u64,
@@ -56,7 +56,15 @@ impl Describer {
         // path, and another process in the same cgroups showed the same path.
         let known_cgroup = ckey.and_then(|k| {
             prev.filter(|p| !p.cgroup.is_empty() && (p.cgroup_id, p.cgroup_v1) == k)
-                .map(|p| p.cgroup.clone())
+                .map(|p| Placement {
+                    path: p.cgroup.clone(),
+                    job: (p.job.is_some() || p.sluid.is_some()).then(|| {
+                        crate::enrich::slurm::JobRef {
+                            id: p.job,
+                            sluid: p.sluid.clone(),
+                        }
+                    }),
+                })
                 .or_else(|| self.cgroups.get(&k).cloned())
         });
         let ekey = exe_key(e);
@@ -71,7 +79,7 @@ impl Describer {
         // Whether the path is known to be that of the cgroups at exec: only then is it
         // recorded under their key, for the process's children to reuse.
         let mut sure = known_cgroup.is_some();
-        let cgroup = match known_cgroup {
+        let placed = match known_cgroup {
             Some(known) => {
                 self.cgroups_reused += 1;
                 known
@@ -91,14 +99,14 @@ impl Describer {
                 });
                 match read {
                     Some((text, verified)) => {
-                        let path = procfs::parse_cgroup_file(&text);
+                        let placed = procfs::parse_cgroup_file(&text);
                         if let (Some(k), true) = (ckey, verified) {
-                            keep(&mut self.cgroups, k, path.clone());
+                            keep(&mut self.cgroups, k, placed.clone());
                             sure = true;
                         }
-                        path
+                        placed
                     }
-                    None => String::new(),
+                    None => Placement::default(),
                 }
             }
         };
@@ -155,8 +163,9 @@ impl Describer {
             package_manager: started_by_installer
                 || minerwatch_detect::persistence::is_package_manager(&exe, &argv),
             exe,
-            job: procfs::slurm_job(&cgroup),
-            cgroup,
+            job: placed.job.as_ref().and_then(|j| j.id),
+            sluid: placed.job.and_then(|j| j.sluid),
+            cgroup: placed.path,
             cgroup_id: if sure { e.meta.cgroup_id } else { 0 },
             cgroup_v1: if sure { e.cgroup_v1 } else { 0 },
             argv,
@@ -210,7 +219,7 @@ fn resolve(path: &str) -> (Option<String>, Option<(u64, u64)>) {
     )
 }
 
-fn keep<K: std::hash::Hash + Eq>(map: &mut HashMap<K, String>, k: K, v: String) {
+fn keep<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V) {
     if map.len() >= KEPT {
         map.clear();
     }

@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     enrich::{
         proc::{self as procfs, Process},
+        slurm::{self, Jobs},
         users::Users,
     },
     kernel::{
@@ -58,10 +59,20 @@ pub struct AlertRecord {
     pub reasons: Vec<Reason>,
     pub process: Process,
     pub user: Option<Arc<str>>,
+    /// What Slurm said about the process's job.
+    pub job: Option<Arc<slurm::JobInfo>>,
     pub connection: Option<SocketAddr>,
     pub parents: Vec<ParentInfo>,
     pub at: SystemTime,
     pub first_seen_at: SystemTime,
+}
+
+/// The job a process is in, as its cgroup names it.
+fn job_ref(p: &Process) -> Option<slurm::JobRef> {
+    (p.job.is_some() || p.sluid.is_some()).then(|| slurm::JobRef {
+        id: p.job,
+        sluid: p.sluid.clone(),
+    })
 }
 
 /// Longest an alert waits for its user's name from NSS: once per uid, the first time.
@@ -98,6 +109,10 @@ struct SaturationShown {
     found_ns: u64,
 }
 
+/// The same for [`Finding::OutsideAllocation`], which comes with saturation.
+#[derive(Default)]
+struct AllocationShown(SaturationShown);
+
 /// Saturation not found for this long ended; found again, it is a new start.
 const SATURATION_GAP_NS: u64 = 2_500_000_000;
 
@@ -105,6 +120,8 @@ pub struct Pipeline {
     cfg: Config,
     table: Table,
     users: Users,
+    /// What Slurm says about jobs (`squeue` on its own thread).
+    jobs: Jobs,
     signals: Vec<Box<dyn Signal>>,
     counters: Counters,
     /// Launchers' evidence, held for the command they run.
@@ -153,6 +170,7 @@ impl Pipeline {
             table: Table::new(Path::new("/proc"), known),
             signals: signals::all(&cfg),
             users,
+            jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
             counters: Counters::default(),
             launches: launch::Launches::default(),
             pending: Vec::new(),
@@ -280,12 +298,17 @@ impl Pipeline {
             }
             Event::Exec(e) => {
                 let info = self.describer.describe(e, &self.table);
-                // Asked now, so the name is there when an alert needs it.
+                // Asked now, so the name and the job are there when an alert needs them.
                 self.users.want(info.uid);
+                let job = job_ref(&info);
+                if let Some(j) = &job {
+                    self.jobs.want(j);
+                }
                 let at = self.wall(e.meta.ktime_ns);
                 self.activity(at, |p| {
                     let user = p.users.name(info.uid);
-                    convert::exec(&info, user.as_deref())
+                    let job = job.and_then(|j| p.jobs.info(&j));
+                    convert::exec(&info, user.as_deref(), job.as_deref())
                 });
                 let t = self.table.exec(info);
                 for s in &mut self.signals {
@@ -478,6 +501,7 @@ impl Pipeline {
             score: alert.score,
             reasons: alert.reasons,
             user: self.users.name(process.uid),
+            job: job_ref(&process).and_then(|j| self.jobs.info(&j)),
             process,
             connection: peer,
             parents,
@@ -501,10 +525,14 @@ impl Pipeline {
     /// [`SATURATION_STEP`], and once every [`SATURATION_REFRESH_NS`] while it goes on, not
     /// once a second for every busy process of a node. The alert keeps the latest either way.
     fn evidence_due(&mut self, tgid: u32, now_ns: u64, finding: &Finding) -> bool {
-        let Finding::CpuSaturation { share, .. } = finding else {
-            return true;
+        let t = self.table.load(tgid);
+        let (shown, share) = match finding {
+            Finding::CpuSaturation { share, .. } => (t.state::<SaturationShown>(), *share),
+            Finding::OutsideAllocation { share, .. } => {
+                (&mut t.state::<AllocationShown>().0, *share)
+            }
+            _ => return true,
         };
-        let shown = self.table.load(tgid).state::<SaturationShown>();
         let restarted = now_ns.saturating_sub(shown.found_ns) >= SATURATION_GAP_NS;
         shown.found_ns = now_ns;
         let due = restarted
@@ -513,7 +541,7 @@ impl Pipeline {
                     || now_ns.saturating_sub(at) >= SATURATION_REFRESH_NS
             });
         if due {
-            shown.sent = Some((now_ns, *share));
+            shown.sent = Some((now_ns, share));
         } else {
             self.counters.saturation_unsent += 1;
         }
@@ -531,6 +559,11 @@ impl Pipeline {
             if rec.user.is_none() {
                 // Looked up since the finding, or now (a bounded wait for the NSS thread).
                 rec.user = self.users.name_within(rec.process.uid, USER_WAIT);
+            }
+            if rec.job.is_none()
+                && let Some(j) = job_ref(&rec.process)
+            {
+                rec.job = self.jobs.info_for_alert(&j);
             }
             self.counters.alerts += 1;
             let ev = self.api.emit(rec.at, convert::alert(&rec), true);

@@ -265,6 +265,7 @@ mod tests {
             cgroup_v1: 0,
             package_manager: false,
             job: Some(3),
+            sluid: None,
             preexisting: true,
         }
     }

@@ -90,6 +90,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
         }
     };
     publisher.set_hooks(&kernel.hooks);
+    let anchors = crate::enrich::slurm::init(&cfg.slurm_cgroup_anchors);
+    if crate::enrich::slurm::slurm_node() {
+        tracing::info!(anchors = ?anchors, "this node runs Slurm");
+    }
     // Scanned after attaching, so nothing starts unseen between the scan and the hooks.
     let known = procfs::scan(Path::new("/proc"));
     let conns = watch_existing(&mut kernel);
@@ -201,7 +205,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = String>) -> Result<
                 // A /proc walk is slow on a busy node: it runs off this thread.
                 let tx = live_tx.clone();
                 let begun = monotonic_ns();
-                tokio::task::spawn_blocking(move || tx.blocking_send((begun, procfs::live(Path::new("/proc")))));
+                tokio::task::spawn_blocking(move || {
+                    // slurmd may have started, moved or gone since.
+                    crate::enrich::slurm::learn_again();
+                    tx.blocking_send((begun, procfs::live(Path::new("/proc"))))
+                });
                 kernel.prune_budgets(monotonic_ns());
                 // Threads that ended inside a process that lives on: their counts go.
                 let ended = kernel

@@ -45,9 +45,10 @@ impl Signal for Saturation {
     fn on_tick(&mut self, tick: &Tick<'_>, table: &mut Table, out: &mut Vec<Found>) {
         let dt_ns = tick.dt.as_nanos() as u64;
         let secs = tick.dt.max(Duration::from_millis(1)).as_secs_f64();
+        let slurm_node = crate::enrich::slurm::slurm_node();
         for (&tgid, &total) in &tick.cpu.samples {
             let t = table.load(tgid);
-            let in_job = t.info.job.is_some();
+            let in_job = t.info.job.is_some() || t.info.sluid.is_some();
             let st = t.state::<Cpu>();
             if let Some((cyc, ins)) = &tick.cpu.hw {
                 let c = cyc.get(&tgid).copied().unwrap_or(0);
@@ -69,10 +70,21 @@ impl Signal for Saturation {
                             share: s.share,
                             secs: s.secs,
                             in_job,
+                            slurm_node,
                             ipc: st.ipc,
                         },
                         peer: None,
                     });
+                    if slurm_node && !in_job {
+                        out.push(Found {
+                            tgid,
+                            finding: Finding::OutsideAllocation {
+                                share: s.share,
+                                secs: s.secs,
+                            },
+                            peer: None,
+                        });
+                    }
                 }
                 if st.tracker.idle() {
                     st.tracking = false;

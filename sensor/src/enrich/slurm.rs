@@ -1,0 +1,423 @@
+//! Slurm jobs: which cgroups are jobs', and what Slurm says about each job.
+//!
+//! A process is in a job when one line of its `/proc/<pid>/cgroup` lies under an *anchor*:
+//! a folder slurmstepd makes job cgroups in, owned by root and writable by root only, so no
+//! user can make a folder there. Anchors are learned from slurmd's own cgroups (v1: the
+//! `slurm` or `slurm_<node>` folder beside slurmd in each hierarchy; v2: `slurmstepd.scope`
+//! beside slurmd's unit) or named in the config, and learned again when a path that looks
+//! like a job's matches none (Slurm makes its folders with the first job).
+//!
+//! What a job is (user, account, partition, CPUs, GPUs, start) comes from `squeue`, on a
+//! thread of its own since the controller may be slow or away; the pipeline reads the cache
+//! and asks for what it lacks, like user names.
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Condvar, Mutex, RwLock, mpsc},
+    time::{Duration, Instant},
+};
+
+use hashbrown::HashMap;
+pub use minerwatch_detect::slurm::{JobInfo, JobRef};
+use minerwatch_detect::slurm::{SQUEUE_FORMAT, is_sluid, job_under, parse_squeue};
+
+use super::proc::CgroupV1;
+
+/// A folder job cgroups are made in: `hierarchy` is the id `/proc/<pid>/cgroup` lines start
+/// with (0 for cgroup v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub hierarchy: u32,
+    pub path: String,
+}
+
+/// The node's anchors, shared by whatever reads cgroup files (exec records, /proc scans).
+#[derive(Debug, Default)]
+struct Places {
+    anchors: Vec<Anchor>,
+    /// slurmd runs here (or anchors were configured): sustained CPU outside every job is an
+    /// allocation question.
+    slurm_node: bool,
+    configured: Vec<String>,
+    learned_at: Option<Instant>,
+    /// The `slurm.conf` slurmd runs with, when it names one (`-f`, or `SLURM_CONF`), so
+    /// `squeue` asks the same controller.
+    conf: Option<PathBuf>,
+}
+
+static PLACES: RwLock<Places> = RwLock::new(Places {
+    anchors: Vec::new(),
+    slurm_node: false,
+    configured: Vec::new(),
+    learned_at: None,
+    conf: None,
+});
+
+/// Learned again at most this often when a job-like path matches no anchor.
+const RELEARN: Duration = Duration::from_secs(1);
+
+/// Sets the configured anchors and learns slurmd's. Returns the anchors in force.
+pub fn init(configured: &[String]) -> Vec<Anchor> {
+    if let Ok(mut p) = PLACES.write() {
+        p.configured = configured.to_vec();
+    }
+    learn()
+}
+
+/// Looks for slurmd and its anchors again.
+pub fn learn_again() {
+    learn();
+}
+
+/// Whether this node runs Slurm (slurmd seen, or anchors configured).
+pub fn slurm_node() -> bool {
+    PLACES.read().is_ok_and(|p| p.slurm_node)
+}
+
+/// The job a process is in, from its `/proc/<pid>/cgroup`, and the line's path.
+pub fn job_of(cgroup_file: &str) -> Option<(JobRef, String)> {
+    let found = find(cgroup_file);
+    if found.is_some() || !looks_like_job(cgroup_file) {
+        return found;
+    }
+    // A job-like path under no known anchor: perhaps slurmd's folder is new.
+    let due = PLACES
+        .read()
+        .is_ok_and(|p| p.learned_at.is_none_or(|t| t.elapsed() >= RELEARN));
+    if due {
+        learn();
+        return find(cgroup_file);
+    }
+    None
+}
+
+fn find(cgroup_file: &str) -> Option<(JobRef, String)> {
+    let places = PLACES.read().ok()?;
+    cgroup_file.lines().find_map(|line| {
+        let (h, path) = split_line(line)?;
+        places
+            .anchors
+            .iter()
+            .filter(|a| a.hierarchy == h)
+            .find_map(|a| job_under(path, &a.path))
+            .map(|j| (j, path.to_string()))
+    })
+}
+
+fn looks_like_job(cgroup_file: &str) -> bool {
+    cgroup_file
+        .lines()
+        .filter_map(split_line)
+        .any(|(_, p)| p.split('/').any(|s| s.starts_with("job_") || is_sluid(s)))
+}
+
+/// `4:memory:/a/b` → (4, "/a/b").
+fn split_line(line: &str) -> Option<(u32, &str)> {
+    let mut f = line.splitn(3, ':');
+    let h = f.next()?.parse().ok()?;
+    f.next()?;
+    Some((h, f.next()?))
+}
+
+/// Finds slurmd and the anchors beside it, checks every anchor's owner, and puts them in
+/// force.
+fn learn() -> Vec<Anchor> {
+    let v1 = CgroupV1::read();
+    let v2_root = crate::kernel::loader::cgroup2_root();
+    let mount = |h: u32| -> Option<String> {
+        if h == 0 {
+            v2_root.clone()
+        } else {
+            v1.hierarchies
+                .iter()
+                .find(|x| x.id == h)
+                .and_then(|x| x.mount.clone())
+        }
+    };
+    let configured = PLACES
+        .read()
+        .map(|p| p.configured.clone())
+        .unwrap_or_default();
+    let found = slurmd(Path::new("/proc"));
+    let slurmd = found.as_ref().map(|s| s.cgroups.clone());
+    let mut candidates: Vec<Anchor> = Vec::new();
+    let hierarchies: Vec<u32> = std::iter::once(0)
+        .chain(v1.hierarchies.iter().map(|h| h.id))
+        .collect();
+    for path in &configured {
+        for &h in &hierarchies {
+            candidates.push(Anchor {
+                hierarchy: h,
+                path: path.trim_end_matches('/').to_string(),
+            });
+        }
+    }
+    if let Some(text) = &slurmd {
+        for (h, path) in text.lines().filter_map(split_line) {
+            let base = path.trim_end_matches('/');
+            if h == 0 {
+                // slurmstepd.scope sits beside slurmd's own unit.
+                let parent = base.rsplit_once('/').map_or("", |(p, _)| p);
+                candidates.push(Anchor {
+                    hierarchy: 0,
+                    path: format!("{parent}/slurmstepd.scope"),
+                });
+            } else if let Some(m) = mount(h) {
+                let Ok(dir) = std::fs::read_dir(format!("{m}{base}")) else {
+                    continue;
+                };
+                for e in dir.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name == "slurm" || name.starts_with("slurm_") {
+                        candidates.push(Anchor {
+                            hierarchy: h,
+                            path: format!("{base}/{name}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let anchors: Vec<Anchor> = candidates
+        .into_iter()
+        .filter(|a| mount(a.hierarchy).is_some_and(|m| root_only(&format!("{m}{}", a.path))))
+        .collect();
+    if let Ok(mut p) = PLACES.write() {
+        if p.anchors != anchors {
+            tracing::info!(anchors = ?anchors, "Slurm job cgroups");
+        }
+        p.anchors = anchors.clone();
+        p.slurm_node = slurmd.is_some() || !configured.is_empty();
+        p.conf = found.and_then(|s| s.conf);
+        p.learned_at = Some(Instant::now());
+    }
+    anchors
+}
+
+/// A folder that only root can add to: owned by root, not writable by group or others.
+fn root_only(dir: &str) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+}
+
+struct Slurmd {
+    cgroups: String,
+    conf: Option<PathBuf>,
+}
+
+/// A running slurmd (root's, named `slurmd`): its cgroup file and the config it was given.
+fn slurmd(proc_root: &Path) -> Option<Slurmd> {
+    let dir = std::fs::read_dir(proc_root).ok()?;
+    dir.flatten().find_map(|e| {
+        let name = e.file_name();
+        let pid: u32 = name.to_str()?.parse().ok()?;
+        let d = proc_root.join(pid.to_string());
+        let comm = std::fs::read_to_string(d.join("comm")).ok()?;
+        if comm.trim_end() != "slurmd" || std::fs::metadata(&d).ok()?.uid() != 0 {
+            return None;
+        }
+        let cgroups = std::fs::read_to_string(d.join("cgroup")).ok()?;
+        let split = |b: Vec<u8>| -> Vec<String> {
+            b.split(|&c| c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        let argv = split(std::fs::read(d.join("cmdline")).unwrap_or_default());
+        let env = split(std::fs::read(d.join("environ")).unwrap_or_default());
+        let conf = conf_of(&argv, &env);
+        Some(Slurmd { cgroups, conf })
+    })
+}
+
+/// `slurmd -f PATH` (or `-fPATH`), else `SLURM_CONF=PATH` in its environment.
+fn conf_of(argv: &[String], env: &[String]) -> Option<PathBuf> {
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        if a == "-f" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(p) = a.strip_prefix("-f").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+    }
+    env.iter()
+        .find_map(|v| v.strip_prefix("SLURM_CONF="))
+        .map(PathBuf::from)
+}
+
+/// What Slurm said about a job: its record, or that it knows no such job (a SLUID 22.05
+/// cannot read, a job already gone, or no controller answering).
+type Answer = Option<Arc<JobInfo>>;
+type Cache = Arc<(Mutex<HashMap<JobRef, Answer>>, Condvar)>;
+
+/// The pipeline's handle on the `squeue` thread.
+pub struct Jobs {
+    cache: Cache,
+    asked: HashSet<JobRef>,
+    waited: HashSet<JobRef>,
+    tx: Option<mpsc::Sender<JobRef>>,
+    /// squeue runs that failed to start or answered nothing usable, for the status.
+    pub errors: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Jobs {
+    /// Starts the thread that runs `squeue`; `None` asks nothing (every job unverified).
+    pub fn spawn(squeue: Option<PathBuf>) -> Self {
+        let cache: Cache = Arc::default();
+        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tx = squeue.and_then(|bin| {
+            let (tx, rx) = mpsc::channel::<JobRef>();
+            let shared = cache.clone();
+            let errs = errors.clone();
+            std::thread::Builder::new()
+                .name("minerwatch-slurm".into())
+                .spawn(move || {
+                    for job in rx {
+                        let answer = ask(&bin, &job, &errs).map(Arc::new);
+                        if let Ok(mut c) = shared.0.lock() {
+                            c.insert(job, answer);
+                        }
+                        shared.1.notify_all();
+                    }
+                })
+                .map_err(|e| tracing::warn!(reason = %e, "cannot start the Slurm thread: jobs show ids only"))
+                .ok()
+                .map(|_| tx)
+        });
+        Jobs {
+            cache,
+            asked: HashSet::new(),
+            waited: HashSet::new(),
+            tx,
+            errors,
+        }
+    }
+
+    /// Asks for `job` if it was never asked for.
+    pub fn want(&mut self, job: &JobRef) {
+        if let Some(tx) = &self.tx
+            && self.asked.insert(job.clone())
+        {
+            let _ = tx.send(job.clone());
+        }
+    }
+
+    /// What Slurm said about `job`, waiting at most `wait` for the answer.
+    pub fn info_within(&mut self, job: &JobRef, wait: Duration) -> Option<Arc<JobInfo>> {
+        self.tx.as_ref()?;
+        self.want(job);
+        let deadline = Instant::now() + wait;
+        let (lock, answered) = &*self.cache;
+        let mut cache = lock.lock().ok()?;
+        loop {
+            if let Some(a) = cache.get(job) {
+                return a.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            cache = answered.wait_timeout(cache, left).ok()?.0;
+        }
+    }
+
+    /// Slurm's record of `job` for an alert: the first alert about a job waits up to
+    /// [`JOB_WAIT`] for `squeue`, later ones take what is known.
+    pub fn info_for_alert(&mut self, job: &JobRef) -> Option<Arc<JobInfo>> {
+        let wait = if self.waited.insert(job.clone()) {
+            JOB_WAIT
+        } else {
+            Duration::ZERO
+        };
+        self.info_within(job, wait)
+    }
+
+    /// Slurm's record of `job` if the thread has answered.
+    pub fn info(&mut self, job: &JobRef) -> Option<Arc<JobInfo>> {
+        self.info_within(job, Duration::ZERO)
+    }
+}
+
+/// Longest the first alert about a job waits for Slurm's answer.
+pub const JOB_WAIT: Duration = Duration::from_millis(500);
+
+/// Longest `squeue` may take before its answer is taken as none.
+const SQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn ask(bin: &Path, job: &JobRef, errors: &std::sync::atomic::AtomicU64) -> Option<JobInfo> {
+    let id = match (&job.id, &job.sluid) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => return None,
+    };
+    let mut cmd = Command::new(bin);
+    if let Some(conf) = PLACES.read().ok().and_then(|p| p.conf.clone()) {
+        cmd.env("SLURM_CONF", conf);
+    }
+    let child = cmd
+        .args(["-h", "-t", "all", "-j", &id, "-o", SQUEUE_FORMAT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(reason = %e, "cannot run squeue");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < SQUEUE_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    use std::io::Read as _;
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    let info = out.lines().find_map(parse_squeue);
+    // Only an answer about the job asked for: a SLUID squeue cannot read is no job.
+    let info = info.filter(|i| job.id.is_none_or(|id| id == i.id));
+    if info.is_none() {
+        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_config_slurmd_was_given() {
+        assert_eq!(
+            conf_of(&v(&["slurmd", "-D", "-f", "/x/slurm.conf"]), &[]),
+            Some(PathBuf::from("/x/slurm.conf"))
+        );
+        assert_eq!(
+            conf_of(&v(&["slurmd", "-f/y.conf"]), &v(&["SLURM_CONF=/z"])),
+            Some(PathBuf::from("/y.conf"))
+        );
+        assert_eq!(
+            conf_of(&v(&["slurmd"]), &v(&["A=1", "SLURM_CONF=/z"])),
+            Some(PathBuf::from("/z"))
+        );
+        assert_eq!(conf_of(&v(&["slurmd", "-D"]), &[]), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! Slurm jobs, against a real one-node Slurm (munged, slurmctld, slurmd) started once for
+//! this file: jobs submitted with `sbatch` by an ordinary user are named in alerts with what
+//! Slurm says of them; CPU outside every job is its own low finding; folders named like jobs
+//! that slurmstepd did not make are no jobs.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test: a failed set-up step must fail loudly"
+)]
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use minerwatch_tests::{
+    Proc, Sensor, has_reason, listener, root_or_skip, scratch, severity_rank,
+    slurm::{self, cluster},
+};
+use serde_json::Value;
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_mw-client");
+const WINDOW: &str = "3";
+
+fn alert_where(s: &mut Sensor, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    s.wait_for(timeout, |r| r["kind"] == "alert" && pred(r))
+        .unwrap_or_else(|| {
+            panic!(
+                "no such alert; alerts: {:#?}\nstderr: {}",
+                s.records()
+                    .into_iter()
+                    .filter(|r| r["kind"] == "alert")
+                    .collect::<Vec<_>>(),
+                s.stderr_text()
+            )
+        })
+}
+
+#[test]
+fn a_stratum_client_submitted_with_sbatch_names_its_job_user_account_and_partition() {
+    if !root_or_skip("a_stratum_client_submitted_with_sbatch_names_its_job") {
+        return;
+    }
+    let c = cluster();
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start("slurm-stratum", &[]);
+    let job = c.sbatch(
+        "physics",
+        &[],
+        &format!("exec {CLIENT} stratum {addr} write"),
+    );
+    let alert = alert_where(&mut s, Duration::from_secs(30), |a| {
+        a["job"] == job && has_reason(a, "stratum_protocol")
+    });
+    c.cancel(job);
+    assert!(severity_rank(&alert["severity"]) >= 3, "{alert}");
+    assert_eq!(alert["account"], "physics", "{alert}");
+    assert_eq!(alert["partition"], slurm::PARTITION, "{alert}");
+    assert_eq!(alert["job_verified"], true, "{alert}");
+    assert_eq!(alert["user"], slurm::USER, "{alert}");
+    assert_eq!(alert["uid"], c.uid, "{alert}");
+    assert_eq!(alert["scope"], "process", "{alert}");
+    assert!(alert["sluid"].is_null(), "{alert}");
+    let cgroup = alert["cgroup"].as_str().unwrap();
+    assert!(
+        cgroup.contains(&format!("/uid_{}/job_{job}/step_batch", c.uid)),
+        "the job's own cgroup, not the one before slurmstepd moved it: {alert}"
+    );
+}
+
+#[test]
+fn cpu_outside_every_job_is_a_low_finding_and_inside_a_job_no_more_than_info() {
+    if !root_or_skip("cpu_outside_every_job_is_a_low_finding") {
+        return;
+    }
+    let c = cluster();
+    // Info too, so the job's saturation is seen to have been judged.
+    let mut s = Sensor::start(
+        "slurm-cpu",
+        &["--saturation-window", WINDOW, "--min-severity", "info"],
+    );
+    // Outside any job: a login node's stray burner.
+    let outside = Proc::spawn(
+        Command::new(CLIENT)
+            .args(["burn", "8"])
+            .stdin(Stdio::null()),
+    );
+    let pid = outside.pid();
+    let job = c.sbatch("chemistry", &[], &format!("exec {CLIENT} burn 8"));
+    let low = alert_where(&mut s, Duration::from_secs(20), |a| {
+        a["pid"] == pid && has_reason(a, "outside_allocation")
+    });
+    assert_eq!(low["severity"], "low", "{low}");
+    assert!(
+        has_reason(&low, "cpu_saturation"),
+        "saturation itself is evidence beside it: {low}"
+    );
+    outside.wait();
+    // The same burner inside a job: saturation seen, in the job, and nothing above info.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.state(job) == "RUNNING" || c.state(job) == "PENDING" {
+        assert!(Instant::now() < deadline, "job {job} did not end");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let records = s.records();
+    let in_job: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["job"] == job && r["kind"] == "exec")
+        .collect();
+    assert!(
+        !in_job.is_empty(),
+        "the job's processes were seen: {records:?}"
+    );
+    let pids: Vec<&Value> = in_job.iter().map(|r| &r["pid"]).collect();
+    let saturated = records.iter().any(|r| {
+        r["kind"] == "alert" && pids.contains(&&r["pid"]) && has_reason(r, "cpu_saturation")
+    });
+    assert!(
+        saturated,
+        "the job's burner was seen saturating a core: {records:?}"
+    );
+    for a in records
+        .iter()
+        .filter(|r| r["kind"] == "alert" && pids.contains(&&r["pid"]))
+    {
+        assert!(a["severity"] == "info", "a job's CPU alone: {a}");
+        assert!(!has_reason(a, "outside_allocation"), "{a}");
+    }
+    for a in records
+        .iter()
+        .filter(|r| r["kind"] == "alert" && r["pid"] == pid)
+    {
+        assert!(
+            severity_rank(&a["severity"]) <= 1,
+            "CPU alone stays below medium: {a}"
+        );
+    }
+}
+
+/// A cgroup folder made for one test under a hierarchy's mount, removed (with every folder
+/// the test made) when dropped.
+struct Cgroup {
+    top: PathBuf,
+    leaf: PathBuf,
+}
+
+impl Cgroup {
+    /// `rel` under `mount`; with `owner`, everything the test made is that user's, as a
+    /// delegated subtree is.
+    fn make(mount: &std::path::Path, rel: &str, owner: Option<u32>) -> Cgroup {
+        let rel = rel.trim_start_matches('/');
+        let top = mount.join(rel.split('/').next().unwrap());
+        let leaf = mount.join(rel);
+        fs::create_dir_all(&leaf).unwrap();
+        if let Some(uid) = owner {
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg(uid.to_string())
+                .arg(&top)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        Cgroup { top, leaf }
+    }
+
+    /// Runs the Stratum client in this cgroup.
+    fn stratum(&self, addr: &str) -> Proc {
+        let procs = self.leaf.join("cgroup.procs");
+        Proc::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {} && exec {CLIENT} stratum {addr} write",
+                    procs.display()
+                ))
+                .stdin(Stdio::null()),
+        )
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Deepest first; a folder whose processes are still exiting is tried again.
+        for _ in 0..20 {
+            let mut dirs: Vec<PathBuf> = walk(&self.top);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in &dirs {
+                let _ = fs::remove_dir(d);
+            }
+            if !self.top.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn walk(d: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![d.to_path_buf()];
+    if let Ok(rd) = fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Where a cgroup file system of `fstype` is mounted (for v1, the one holding `option`).
+fn mount_of(fstype: &str, option: &str) -> PathBuf {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| {
+            f.len() > 3
+                && f[2] == fstype
+                && f[3].split(',').any(|o| o == option || option.is_empty())
+        })
+        .map(|f| PathBuf::from(f[1]))
+        .unwrap_or_else(|| {
+            panic!("no {fstype} {option} mount (this test is for the hybrid layout here)")
+        })
+}
+
+#[test]
+fn folders_named_like_jobs_are_jobs_only_under_slurmstepd_s_own() {
+    if !root_or_skip("folders_named_like_jobs_are_jobs_only_under_slurmstepd_s_own") {
+        return;
+    }
+    let c = cluster();
+    let tag = std::process::id();
+    let dir = scratch("slurm-anchors");
+    // A 26.05-style SLUID layout under an anchor root made (named in the config), and the
+    // same under a folder a user owns, named in the config too: a user's is never an anchor.
+    let v2 = mount_of("cgroup2", "");
+    let root_anchor = format!("/minerwatch-test-{tag}/slurmstepd.scope");
+    let user_anchor = format!("/minerwatch-test-user-{tag}/slurmstepd.scope");
+    let config = dir.join("minerwatch.toml");
+    fs::write(
+        &config,
+        format!("slurm_cgroup_anchors = [{root_anchor:?}, {user_anchor:?}]\n"),
+    )
+    .unwrap();
+    let sluid = "sEKNKTV3WPV500";
+    let anchored = Cgroup::make(
+        &v2,
+        &format!("{root_anchor}/{sluid}/step_0/user/task_0"),
+        None,
+    );
+    let users = Cgroup::make(&v2, &format!("{user_anchor}/{sluid}/step_0"), Some(c.uid));
+    // A v1 folder a user made, named like slurmstepd's.
+    let fake = Cgroup::make(
+        &mount_of("cgroup", "freezer"),
+        &format!("minerwatch-test-user-{tag}/uid_{}/job_99/step_0", c.uid),
+        Some(c.uid),
+    );
+    let mut s = Sensor::start("slurm-anchors", &["--config", config.to_str().unwrap()]);
+    let (_l, addr) = listener(0);
+    let in_anchor = anchored.stratum(&addr);
+    let in_users = users.stratum(&addr);
+    let in_fake = fake.stratum(&addr);
+    let a = alert_where(&mut s, Duration::from_secs(15), |a| {
+        a["pid"] == in_anchor.pid() && has_reason(a, "stratum_protocol")
+    });
+    assert_eq!(a["sluid"], sluid, "{a}");
+    assert!(a["job"].is_null(), "{a}");
+    assert_eq!(
+        a["job_verified"], false,
+        "Slurm 22.05 cannot confirm a SLUID: {a}"
+    );
+    assert!(a["account"].is_null(), "{a}");
+    for (p, what) in [
+        (&in_users, "under a user's folder"),
+        (&in_fake, "a user's job_99"),
+    ] {
+        let a = alert_where(&mut s, Duration::from_secs(15), |a| {
+            a["pid"] == p.pid() && has_reason(a, "stratum_protocol")
+        });
+        assert!(a["job"].is_null() && a["sluid"].is_null(), "{what}: {a}");
+    }
+    drop((in_anchor, in_users, in_fake));
+    let _ = s.stop_with(libc::SIGTERM);
+}
