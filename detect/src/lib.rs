@@ -80,6 +80,8 @@ pub mod code {
     pub const CPU_SATURATION: &str = "cpu_saturation";
     /// Sustained CPU on a Slurm node by a process in no job: a login node, a stray process.
     pub const OUTSIDE_ALLOCATION: &str = "outside_allocation";
+    /// A job using more CPUs than Slurm allocated it.
+    pub const OVER_ALLOCATION: &str = "over_allocation";
     pub const MINER_PORT: &str = "miner_port";
     pub const RANDOMX: &str = "randomx_fingerprint";
     pub const POOL_INTEL: &str = "pool_intel";
@@ -125,6 +127,14 @@ pub enum Finding {
     /// Sustained CPU by a process in no Slurm job, on a node that runs Slurm.
     OutsideAllocation {
         share: f64,
+        secs: u64,
+    },
+    /// A Slurm job's processes together used more CPUs on this node than it holds here,
+    /// for the saturation window (raised on its busiest process).
+    OverAllocation {
+        job: u64,
+        used: f64,
+        allocated: u32,
         secs: u64,
     },
     MinerPort {
@@ -330,6 +340,20 @@ impl Finding {
                     human_secs(*secs)
                 ),
             ),
+            Finding::OverAllocation {
+                job,
+                used,
+                allocated,
+                secs,
+            } => (
+                code::OVER_ALLOCATION,
+                15,
+                format!(
+                    "Slurm job {job} used {used:.1} CPUs on this node for {}, {} allocated",
+                    human_secs(*secs),
+                    allocated
+                ),
+            ),
             Finding::MinerPort { peer } => (
                 code::MINER_PORT,
                 10,
@@ -527,6 +551,17 @@ impl Finding {
                 f.push(("share", format!("{share:.2}")));
                 f.push(("seconds", secs.to_string()));
             }
+            Finding::OverAllocation {
+                job,
+                used,
+                allocated,
+                secs,
+            } => f.extend([
+                ("job", job.to_string()),
+                ("cpus_used", format!("{used:.2}")),
+                ("cpus_allocated", allocated.to_string()),
+                ("seconds", secs.to_string()),
+            ]),
             Finding::MinerPort { peer } => f.push(("peer", peer.to_string())),
             Finding::FlowShape { peer, shape, tls } => {
                 let t = &shape.totals;
@@ -626,6 +661,7 @@ pub const WEAK: &[&str] = &[
     code::EXE_LOCATION,
     code::CPU_SATURATION,
     code::OUTSIDE_ALLOCATION,
+    code::OVER_ALLOCATION,
     code::MINER_PORT,
     code::LATERAL_SCAN,
     code::POOL_LIKE_NAME,

@@ -50,9 +50,37 @@ fn a_stratum_client_submitted_with_sbatch_names_its_job_user_account_and_partiti
         &format!("exec {CLIENT} stratum {addr} write"),
     );
     let alert = alert_where(&mut s, Duration::from_secs(30), |a| {
-        a["job"] == job && has_reason(a, "stratum_protocol")
+        a["job"] == job && has_reason(a, "stratum_protocol") && a["scope"] == "process"
+    });
+    // The job's own alert gathers it, under the job's id and what Slurm says of it.
+    let gathered = alert_where(&mut s, Duration::from_secs(10), |a| {
+        a["job"] == job && a["scope"] == "job"
     });
     c.cancel(job);
+    assert_eq!(gathered["id"], format!("job-{job}"), "{gathered}");
+    assert_eq!(gathered["severity"], alert["severity"], "{gathered}");
+    assert_eq!(
+        (
+            gathered["account"].as_str(),
+            gathered["partition"].as_str(),
+            gathered["user"].as_str()
+        ),
+        (Some("physics"), Some(slurm::PARTITION), Some(slurm::USER)),
+        "{gathered}"
+    );
+    let why = gathered["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["code"] == "stratum_protocol")
+        .unwrap_or_else(|| panic!("{gathered}"));
+    assert!(
+        why["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pid {} (mw-client): ", alert["pid"])),
+        "{gathered}"
+    );
     assert!(severity_rank(&alert["severity"]) >= 3, "{alert}");
     assert_eq!(alert["account"], "physics", "{alert}");
     assert_eq!(alert["partition"], slurm::PARTITION, "{alert}");
@@ -136,6 +164,34 @@ fn cpu_outside_every_job_is_a_low_finding_and_inside_a_job_no_more_than_info() {
             "CPU alone stays below medium: {a}"
         );
     }
+}
+
+#[test]
+fn a_job_that_uses_more_cpus_than_it_holds_is_over_its_allocation() {
+    if !root_or_skip("a_job_that_uses_more_cpus_than_it_holds") {
+        return;
+    }
+    let c = cluster();
+    let mut s = Sensor::start("slurm-over", &["--saturation-window", WINDOW]);
+    // One CPU asked for, two burned: cores are not pinned here (ConstrainCores=no).
+    let job = c.sbatch(
+        "physics",
+        &["-n", "1", "-c", "1"],
+        &format!("{CLIENT} burn 8 & {CLIENT} burn 8; wait"),
+    );
+    let a = alert_where(&mut s, Duration::from_secs(25), |a| {
+        a["job"] == job && has_reason(a, "over_allocation") && a["scope"] == "process"
+    });
+    c.cancel(job);
+    let why = minerwatch_tests::reason_detail(&a, "over_allocation");
+    assert!(
+        why.starts_with(&format!("Slurm job {job} used ")) && why.ends_with(", 1 allocated"),
+        "{why}"
+    );
+    assert_eq!(
+        a["severity"], "low",
+        "a policy breach, not a miner by itself: {a}"
+    );
 }
 
 /// A cgroup folder made for one test under a hierarchy's mount, removed (with every folder

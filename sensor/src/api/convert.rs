@@ -19,7 +19,7 @@ use crate::{
         slurm::JobInfo,
     },
     kernel::{events::Transport, loader::HookStatus},
-    pipeline::AlertRecord,
+    pipeline::{AlertRecord, Scope},
 };
 
 pub fn unix_nano(t: SystemTime) -> i64 {
@@ -179,7 +179,11 @@ pub fn alert(a: &AlertRecord) -> Body {
         connection: a.connection.map(|c| c.to_string()).unwrap_or_default(),
         first_seen_unix_nano: unix_nano(a.first_seen_at),
         source: "sensor".into(),
-        scope: "process".into(),
+        scope: match a.scope {
+            Scope::Process => "process",
+            Scope::Job => "job",
+        }
+        .into(),
     })
 }
 

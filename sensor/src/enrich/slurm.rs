@@ -276,6 +276,9 @@ impl Jobs {
                     for job in rx {
                         let answer = ask(&bin, &job, &errs).map(Arc::new);
                         if let Ok(mut c) = shared.0.lock() {
+                            if c.len() >= KEPT {
+                                c.clear();
+                            }
                             c.insert(job, answer);
                         }
                         shared.1.notify_all();
@@ -296,6 +299,11 @@ impl Jobs {
 
     /// Asks for `job` if it was never asked for.
     pub fn want(&mut self, job: &JobRef) {
+        if self.asked.len() >= KEPT {
+            // Asked again if still needed: the cache was cleared at the same size.
+            self.asked.clear();
+            self.waited.clear();
+        }
         if let Some(tx) = &self.tx
             && self.asked.insert(job.clone())
         {
@@ -333,11 +341,27 @@ impl Jobs {
         self.info_within(job, wait)
     }
 
+    /// CPUs each job Slurm answered for holds on this node: its CPUs shared evenly over
+    /// its nodes (Slurm's `%C` is the whole job's).
+    pub fn cpus_per_node(&self) -> HashMap<u64, u32> {
+        let Ok(cache) = self.cache.0.lock() else {
+            return HashMap::new();
+        };
+        cache
+            .values()
+            .flatten()
+            .map(|j| (j.id, j.cpus.div_ceil(j.nodes.max(1))))
+            .collect()
+    }
+
     /// Slurm's record of `job` if the thread has answered.
     pub fn info(&mut self, job: &JobRef) -> Option<Arc<JobInfo>> {
         self.info_within(job, Duration::ZERO)
     }
 }
+
+/// Jobs remembered; past this the cache starts over (a node runs a few jobs at a time).
+const KEPT: usize = 4096;
 
 /// Longest the first alert about a job waits for Slurm's answer.
 pub const JOB_WAIT: Duration = Duration::from_millis(500);

@@ -3,6 +3,7 @@
 //! place) and the signals ([`signals`], one file each behind one interface). The run loop
 //! ([`run`]) only moves records between the kernel, this and the outputs.
 mod describe;
+mod jobs;
 mod launch;
 pub mod process;
 mod run;
@@ -65,6 +66,14 @@ pub struct AlertRecord {
     pub parents: Vec<ParentInfo>,
     pub at: SystemTime,
     pub first_seen_at: SystemTime,
+    pub scope: Scope,
+}
+
+/// What an alert is about: one process, or a Slurm job with all its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Process,
+    Job,
 }
 
 /// The job a process is in, as its cgroup names it.
@@ -122,6 +131,8 @@ pub struct Pipeline {
     users: Users,
     /// What Slurm says about jobs (`squeue` on its own thread).
     jobs: Jobs,
+    /// One alert per job, gathering its processes' alerts.
+    job_alerts: jobs::JobAlerts,
     signals: Vec<Box<dyn Signal>>,
     counters: Counters,
     /// Launchers' evidence, held for the command they run.
@@ -171,6 +182,7 @@ impl Pipeline {
             signals: signals::all(&cfg),
             users,
             jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
+            job_alerts: jobs::JobAlerts::default(),
             counters: Counters::default(),
             launches: launch::Launches::default(),
             pending: Vec::new(),
@@ -433,11 +445,13 @@ impl Pipeline {
         dt: Duration,
         now_ns: u64,
     ) {
+        let allocated = self.jobs.cpus_per_node();
         let tick = Tick {
             now_ns,
             dt,
             cpu,
             rounding,
+            allocated: &allocated,
         };
         let table = &self.table;
         let alive = |k: ProcessKey| table.get(k.tgid).is_some_and(|t| t.key == k);
@@ -507,6 +521,7 @@ impl Pipeline {
             parents,
             at: self.wall(alert.last_seen_ns),
             first_seen_at: self.wall(alert.first_seen_ns),
+            scope: Scope::Process,
         };
         tracing::debug!(pid = tgid, severity = ?rec.severity, "alert");
         match self.pending.iter_mut().find(|r| r.process.pid == tgid) {
@@ -568,6 +583,13 @@ impl Pipeline {
             self.counters.alerts += 1;
             let ev = self.api.emit(rec.at, convert::alert(&rec), true);
             self.out.event(&ev);
+            if let Some(j) = job_ref(&rec.process)
+                && let Some(job) = self.job_alerts.on_alert(j, &rec)
+            {
+                self.counters.alerts += 1;
+                let ev = self.api.emit(job.at, convert::alert(&job), true);
+                self.out.event(&ev);
+            }
         }
         self.settle();
         self.api.flush();

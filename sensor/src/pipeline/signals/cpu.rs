@@ -2,6 +2,8 @@
 //! when the hardware counters are there.
 use std::time::Duration;
 
+use hashbrown::HashMap;
+
 use minerwatch_detect::{
     Finding,
     saturation::{Policy, Tracker},
@@ -25,7 +27,13 @@ struct Cpu {
 struct Saturation {
     hz: f64,
     policy: Policy,
+    /// Each Slurm job's summed share on this node, against what it was allocated.
+    jobs: HashMap<u64, Tracker>,
 }
+
+/// A job is over its allocation when its processes together use this many CPUs more than
+/// it holds (a job that fills its CPUs exactly, with the sampling's noise, is not).
+const OVER_BY: f64 = 0.5;
 
 pub fn new(cfg: &Config) -> Box<dyn Signal> {
     Box::new(Saturation {
@@ -34,7 +42,55 @@ pub fn new(cfg: &Config) -> Box<dyn Signal> {
             window_ns: cfg.saturation_window.as_nanos() as u64,
             threshold: cfg.saturation_threshold,
         },
+        jobs: HashMap::new(),
     })
+}
+
+impl Saturation {
+    /// Jobs whose processes together held more CPUs than Slurm gave the job here, for the
+    /// whole window. Only jobs Slurm answered for are judged.
+    fn over_allocation(
+        &mut self,
+        tick: &Tick<'_>,
+        dt_ns: u64,
+        by_job: &HashMap<u64, (f64, u32, f64)>,
+        out: &mut Vec<Found>,
+    ) {
+        let jobs: Vec<u64> = by_job
+            .keys()
+            .chain(self.jobs.keys())
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        for job in jobs {
+            let Some(&allocated) = tick.allocated.get(&job) else {
+                continue;
+            };
+            let (used, top, _) = by_job.get(&job).copied().unwrap_or((0.0, 0, 0.0));
+            let policy = Policy {
+                window_ns: self.policy.window_ns,
+                threshold: allocated as f64 + OVER_BY,
+            };
+            let tracker = self.jobs.entry(job).or_default();
+            if let Some(s) = tracker.push(policy, tick.now_ns, dt_ns, used)
+                && top != 0
+            {
+                out.push(Found {
+                    tgid: top,
+                    finding: Finding::OverAllocation {
+                        job,
+                        used: s.share,
+                        allocated,
+                        secs: s.secs,
+                    },
+                    peer: None,
+                });
+            }
+        }
+        self.jobs
+            .retain(|job, t| tick.allocated.contains_key(job) && !t.idle());
+    }
 }
 
 impl Signal for Saturation {
@@ -46,9 +102,12 @@ impl Signal for Saturation {
         let dt_ns = tick.dt.as_nanos() as u64;
         let secs = tick.dt.max(Duration::from_millis(1)).as_secs_f64();
         let slurm_node = crate::enrich::slurm::slurm_node();
+        // Per job on this node: (summed share, busiest pid, its share).
+        let mut by_job: HashMap<u64, (f64, u32, f64)> = HashMap::new();
         for (&tgid, &total) in &tick.cpu.samples {
             let t = table.load(tgid);
             let in_job = t.info.job.is_some() || t.info.sluid.is_some();
+            let job = t.info.job;
             let st = t.state::<Cpu>();
             if let Some((cyc, ins)) = &tick.cpu.hw {
                 let c = cyc.get(&tgid).copied().unwrap_or(0);
@@ -61,6 +120,13 @@ impl Signal for Saturation {
             }
             let share = total.saturating_sub(std::mem::replace(&mut st.prev, total)) as f64
                 / (self.hz * secs);
+            if let Some(job) = job {
+                let e = by_job.entry(job).or_insert((0.0, tgid, 0.0));
+                e.0 += share;
+                if share > e.2 {
+                    (e.1, e.2) = (tgid, share);
+                }
+            }
             if share > 0.0 || st.tracking {
                 st.tracking = true;
                 if let Some(s) = st.tracker.push(self.policy, tick.now_ns, dt_ns, share) {
@@ -91,6 +157,7 @@ impl Signal for Saturation {
                 }
             }
         }
+        self.over_allocation(tick, dt_ns, &by_job, out);
         // Tracked processes that were not sampled at all this time were idle.
         for t in table.iter_mut() {
             if tick.cpu.samples.contains_key(&t.key.tgid) {

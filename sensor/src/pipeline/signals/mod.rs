@@ -23,6 +23,8 @@ mod tuning;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use hashbrown::HashMap;
+
 use minerwatch_common::FpuThread;
 use minerwatch_detect::{Finding, intel::Lists};
 
@@ -49,6 +51,8 @@ pub struct Tick<'a> {
     pub cpu: &'a CpuTotals,
     /// Rounding-mode counts by thread id, for threads that ever showed a non-default mode.
     pub rounding: &'a [(u32, FpuThread)],
+    /// CPUs each Slurm job Slurm has answered for holds on this node, by job id.
+    pub allocated: &'a HashMap<u64, u32>,
 }
 
 pub trait Signal: Send {
