@@ -606,6 +606,7 @@ fn collector_alert(node: &Node, code: &str, severity: Severity, detail: String) 
         first_seen_unix_nano: now,
         source: "collector".into(),
         scope: "node".into(),
+        allowed: String::new(),
     };
     let ev = Event {
         node: Some(node.clone()),

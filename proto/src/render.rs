@@ -176,6 +176,7 @@ pub fn to_json(ev: &Event) -> Value {
                 "first_seen": rfc3339(a.first_seen_unix_nano),
                 "source": a.source,
                 "scope": opt_str(&a.scope),
+                "allowed": opt_str(&a.allowed),
             }),
         ),
         Some(Body::Loss(l)) => json!({
@@ -307,6 +308,9 @@ pub fn to_text(ev: &Event) -> String {
             }
             for r in &a.reasons {
                 s += &format!("    why   {}: {}\n", r.code, printable(&r.detail));
+            }
+            if !a.allowed.is_empty() {
+                s += &format!("    allowed {}\n", printable(&a.allowed));
             }
             s
         }

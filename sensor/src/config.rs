@@ -66,6 +66,59 @@ pub struct FileConfig {
     pub slurm_cgroup_anchors: Option<Vec<String>>,
     /// The `squeue` that answers for jobs (default: `squeue` on PATH; `""` asks nothing).
     pub slurm_squeue: Option<String>,
+    /// What is allowed, each with its reason: `[[allow]]` tables.
+    pub allow: Option<Vec<AllowEntry>>,
+}
+
+/// One allow-list entry: every selector given must match; `reason` is shown in the alert.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub user: Option<String>,
+    pub account: Option<String>,
+    pub partition: Option<String>,
+    /// The executable's absolute path.
+    pub exe: Option<String>,
+    /// The executable's SHA-256, 64 hex digits.
+    pub sha256: Option<String>,
+    pub reason: String,
+}
+
+impl AllowEntry {
+    fn check(&self) -> Result<(), String> {
+        let selectors = [
+            &self.user,
+            &self.account,
+            &self.partition,
+            &self.exe,
+            &self.sha256,
+        ];
+        if selectors.iter().all(|s| s.is_none()) {
+            return Err(
+                "names nothing to allow: give user, account, partition, exe or sha256".into(),
+            );
+        }
+        if selectors
+            .iter()
+            .any(|s| s.as_deref().is_some_and(|v| v.trim().is_empty()))
+        {
+            return Err("has an empty selector".into());
+        }
+        if self.reason.trim().is_empty() {
+            return Err("has no reason: say why it is allowed, the alert shows it".into());
+        }
+        if let Some(e) = &self.exe
+            && !e.starts_with('/')
+        {
+            return Err(format!("exe {e:?} is not an absolute path"));
+        }
+        if let Some(h) = &self.sha256
+            && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("sha256 {h:?} is not 64 hex digits"));
+        }
+        Ok(())
+    }
 }
 
 impl FileConfig {
@@ -114,6 +167,7 @@ impl FileConfig {
             bundled_pools: over.bundled_pools.or(self.bundled_pools),
             slurm_cgroup_anchors: over.slurm_cgroup_anchors.or(self.slurm_cgroup_anchors),
             slurm_squeue: over.slurm_squeue.or(self.slurm_squeue),
+            allow: over.allow.or(self.allow),
         }
     }
 }
@@ -171,10 +225,18 @@ pub struct Config {
     pub slurm_cgroup_anchors: Vec<String>,
     /// `None`: ask Slurm nothing about jobs.
     pub slurm_squeue: Option<PathBuf>,
+    pub allow: Vec<AllowEntry>,
 }
 
 impl Config {
     pub fn from_file_config(f: FileConfig) -> Result<Self, ConfigError> {
+        let allow = f.allow.clone().unwrap_or_default();
+        for (i, a) in allow.iter().enumerate() {
+            a.check().map_err(|why| ConfigError::Invalid {
+                field: "allow",
+                reason: format!("entry {} {why}", i + 1),
+            })?;
+        }
         let anchors = f.slurm_cgroup_anchors.clone().unwrap_or_default();
         if let Some(bad) = anchors.iter().find(|a| {
             !a.starts_with('/')
@@ -331,6 +393,7 @@ impl Config {
                 .collect(),
             bundled_pools: f.bundled_pools.unwrap_or(true),
             slurm_cgroup_anchors: anchors,
+            allow,
             slurm_squeue: match f.slurm_squeue.as_deref() {
                 None => Some(PathBuf::from("squeue")),
                 Some("") => None,

@@ -192,6 +192,7 @@ impl RunArgs {
             bundled_pools: self.no_bundled_pools.then_some(false),
             slurm_cgroup_anchors: None,
             slurm_squeue: None,
+            allow: None,
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }

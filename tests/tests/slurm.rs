@@ -194,6 +194,63 @@ fn a_job_that_uses_more_cpus_than_it_holds_is_over_its_allocation() {
     );
 }
 
+#[test]
+fn an_allowed_account_is_shown_with_its_reason_and_loses_no_events() {
+    if !root_or_skip("an_allowed_account_is_shown_with_its_reason") {
+        return;
+    }
+    let c = cluster();
+    let dir = scratch("slurm-allow");
+    let config = dir.join("minerwatch.toml");
+    fs::write(
+        &config,
+        "[[allow]]\naccount = \"benchmark\"\nreason = \"the procurement's mining benchmark, ticket 4711\"\n",
+    )
+    .unwrap();
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start("slurm-allow", &["--config", config.to_str().unwrap()]);
+    let allowed = c.sbatch(
+        "benchmark",
+        &[],
+        &format!("exec {CLIENT} stratum {addr} write"),
+    );
+    let other = c.sbatch(
+        "physics",
+        &[],
+        &format!("exec {CLIENT} stratum {addr} write"),
+    );
+    let a = alert_where(&mut s, Duration::from_secs(30), |a| {
+        a["job"] == allowed && a["scope"] == "process" && has_reason(a, "stratum_protocol")
+    });
+    let b = alert_where(&mut s, Duration::from_secs(30), |a| {
+        a["job"] == other && a["scope"] == "process" && has_reason(a, "stratum_protocol")
+    });
+    c.cancel(allowed);
+    c.cancel(other);
+    assert_eq!(
+        a["allowed"], "account benchmark: the procurement's mining benchmark, ticket 4711",
+        "{a}"
+    );
+    assert_eq!(a["severity"], "low", "allowed: seen, not paged on: {a}");
+    assert!(b["allowed"].is_null(), "{b}");
+    assert!(severity_rank(&b["severity"]) >= 3, "{b}");
+    // Nothing behind the allowed alert was held back: its exec and its connect are there.
+    let pid = a["pid"].clone();
+    let records = s.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "exec" && r["pid"] == pid && r["job"] == allowed),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "connect" && r["pid"] == pid && r["peer"] == addr.as_str()),
+        "{records:?}"
+    );
+}
+
 /// A cgroup folder made for one test under a hierarchy's mount, removed (with every folder
 /// the test made) when dropped.
 struct Cgroup {

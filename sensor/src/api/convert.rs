@@ -184,6 +184,7 @@ pub fn alert(a: &AlertRecord) -> Body {
             Scope::Job => "job",
         }
         .into(),
+        allowed: a.allowed.clone().unwrap_or_default(),
     })
 }
 

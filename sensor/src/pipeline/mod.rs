@@ -2,6 +2,7 @@
 //! state: the table of processes ([`process`], one record per process, forgotten in one
 //! place) and the signals ([`signals`], one file each behind one interface). The run loop
 //! ([`run`]) only moves records between the kernel, this and the outputs.
+mod allow;
 mod describe;
 mod jobs;
 mod launch;
@@ -67,6 +68,8 @@ pub struct AlertRecord {
     pub at: SystemTime,
     pub first_seen_at: SystemTime,
     pub scope: Scope,
+    /// The allow-list entry it met, in words; its severity is held at low.
+    pub allowed: Option<String>,
 }
 
 /// What an alert is about: one process, or a Slurm job with all its processes.
@@ -133,6 +136,7 @@ pub struct Pipeline {
     jobs: Jobs,
     /// One alert per job, gathering its processes' alerts.
     job_alerts: jobs::JobAlerts,
+    allow: allow::Allow,
     signals: Vec<Box<dyn Signal>>,
     counters: Counters,
     /// Launchers' evidence, held for the command they run.
@@ -183,6 +187,7 @@ impl Pipeline {
             users,
             jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
             job_alerts: jobs::JobAlerts::default(),
+            allow: allow::Allow::new(cfg.allow.clone()),
             counters: Counters::default(),
             launches: launch::Launches::default(),
             pending: Vec::new(),
@@ -522,6 +527,7 @@ impl Pipeline {
             at: self.wall(alert.last_seen_ns),
             first_seen_at: self.wall(alert.first_seen_ns),
             scope: Scope::Process,
+            allowed: None,
         };
         tracing::debug!(pid = tgid, severity = ?rec.severity, "alert");
         match self.pending.iter_mut().find(|r| r.process.pid == tgid) {
@@ -579,6 +585,10 @@ impl Pipeline {
                 && let Some(j) = job_ref(&rec.process)
             {
                 rec.job = self.jobs.info_for_alert(&j);
+            }
+            rec.allowed = self.allow.check(&rec);
+            if rec.allowed.is_some() {
+                rec.severity = rec.severity.min(allow::ALLOWED_SEVERITY);
             }
             self.counters.alerts += 1;
             let ev = self.api.emit(rec.at, convert::alert(&rec), true);
