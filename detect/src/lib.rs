@@ -82,6 +82,8 @@ pub mod code {
     pub const OUTSIDE_ALLOCATION: &str = "outside_allocation";
     /// A job using more CPUs than Slurm allocated it.
     pub const OVER_ALLOCATION: &str = "over_allocation";
+    /// Sustained use of a GPU by one process.
+    pub const GPU_SATURATION: &str = "gpu_saturation";
     pub const MINER_PORT: &str = "miner_port";
     pub const RANDOMX: &str = "randomx_fingerprint";
     pub const POOL_INTEL: &str = "pool_intel";
@@ -128,6 +130,14 @@ pub enum Finding {
     OutsideAllocation {
         share: f64,
         secs: u64,
+    },
+    /// One process kept a GPU's streaming multiprocessors busy for the window.
+    GpuSaturation {
+        gpu: u32,
+        share: f64,
+        secs: u64,
+        in_job: bool,
+        memory_bytes: u64,
     },
     /// A Slurm job's processes together used more CPUs on this node than it holds here,
     /// for the saturation window (raised on its busiest process).
@@ -338,6 +348,27 @@ impl Finding {
                     "{:.0} % of a core for {} by a process in no job allocation, on a Slurm node",
                     share * 100.0,
                     human_secs(*secs)
+                ),
+            ),
+            Finding::GpuSaturation {
+                gpu,
+                share,
+                secs,
+                in_job,
+                memory_bytes,
+            } => (
+                code::GPU_SATURATION,
+                if *in_job { 5 } else { 15 },
+                format!(
+                    "GPU {gpu} at {:.0} % for {} {} ({} MiB of GPU memory)",
+                    share * 100.0,
+                    human_secs(*secs),
+                    if *in_job {
+                        "inside a Slurm job"
+                    } else {
+                        "outside any Slurm job"
+                    },
+                    memory_bytes >> 20
                 ),
             ),
             Finding::OverAllocation {
@@ -551,6 +582,18 @@ impl Finding {
                 f.push(("share", format!("{share:.2}")));
                 f.push(("seconds", secs.to_string()));
             }
+            Finding::GpuSaturation {
+                gpu,
+                share,
+                secs,
+                memory_bytes,
+                ..
+            } => f.extend([
+                ("gpu", gpu.to_string()),
+                ("share", format!("{share:.2}")),
+                ("seconds", secs.to_string()),
+                ("memory_bytes", memory_bytes.to_string()),
+            ]),
             Finding::OverAllocation {
                 job,
                 used,
@@ -662,6 +705,7 @@ pub const WEAK: &[&str] = &[
     code::CPU_SATURATION,
     code::OUTSIDE_ALLOCATION,
     code::OVER_ALLOCATION,
+    code::GPU_SATURATION,
     code::MINER_PORT,
     code::LATERAL_SCAN,
     code::POOL_LIKE_NAME,

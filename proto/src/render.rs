@@ -195,6 +195,7 @@ pub fn to_json(ev: &Event) -> Value {
             "counters": s.counters,
             "collectors": s.collectors.iter().map(|c| json!({"url": c.url, "connected": c.connected, "acked_seq": c.acked_seq, "last_error": opt_str(&c.last_error)})).collect::<Vec<_>>(),
             "stop_reason": opt_str(&s.stop_reason),
+            "gpu": opt_str(&s.gpu),
         }),
         Some(Body::Heartbeat(h)) => json!({"interval_s": h.interval_seconds}),
         Some(Body::Finding(f)) => json!({

@@ -68,6 +68,8 @@ pub struct FileConfig {
     pub slurm_squeue: Option<String>,
     /// What is allowed, each with its reason: `[[allow]]` tables.
     pub allow: Option<Vec<AllowEntry>>,
+    /// NVML, loaded at run time (default `libnvidia-ml.so.1`; `""` looks at no GPU).
+    pub nvml_library: Option<String>,
 }
 
 /// One allow-list entry: every selector given must match; `reason` is shown in the alert.
@@ -168,6 +170,7 @@ impl FileConfig {
             slurm_cgroup_anchors: over.slurm_cgroup_anchors.or(self.slurm_cgroup_anchors),
             slurm_squeue: over.slurm_squeue.or(self.slurm_squeue),
             allow: over.allow.or(self.allow),
+            nvml_library: over.nvml_library.or(self.nvml_library),
         }
     }
 }
@@ -226,6 +229,8 @@ pub struct Config {
     /// `None`: ask Slurm nothing about jobs.
     pub slurm_squeue: Option<PathBuf>,
     pub allow: Vec<AllowEntry>,
+    /// `None`: GPUs are not looked at.
+    pub nvml_library: Option<String>,
 }
 
 impl Config {
@@ -394,6 +399,11 @@ impl Config {
             bundled_pools: f.bundled_pools.unwrap_or(true),
             slurm_cgroup_anchors: anchors,
             allow,
+            nvml_library: match f.nvml_library.as_deref() {
+                None => Some(crate::enrich::gpu::DEFAULT_LIBRARY.to_string()),
+                Some("") => None,
+                Some(p) => Some(p.to_string()),
+            },
             slurm_squeue: match f.slurm_squeue.as_deref() {
                 None => Some(PathBuf::from("squeue")),
                 Some("") => None,

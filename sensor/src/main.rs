@@ -193,6 +193,7 @@ impl RunArgs {
             slurm_cgroup_anchors: None,
             slurm_squeue: None,
             allow: None,
+            nvml_library: None,
         };
         Ok(Config::from_file_config(file.merge(flags))?)
     }

@@ -153,6 +153,16 @@ impl Sensor {
 
     /// Starts `minerwatch run` writing its JSON lines to `jsonl`, its other files in `dir`.
     pub fn start_writing(dir: &Path, jsonl: &Path, args: &[&str]) -> Sensor {
+        Self::start_with_env(dir, jsonl, args, &[])
+    }
+
+    /// As [`Sensor::start_writing`], with environment variables for the sensor.
+    pub fn start_with_env(
+        dir: &Path,
+        jsonl: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Sensor {
         let jsonl = jsonl.to_path_buf();
         let stderr = dir.join("stderr.txt");
         let socket = dir.join("mw.sock");
@@ -164,6 +174,7 @@ impl Sensor {
             .arg(&socket)
             .args(["--no-terminal", "--events"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).unwrap())

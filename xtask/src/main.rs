@@ -78,6 +78,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("dnsmasq-base", "dnsmasq"), // the name server the DNS test's lookups go to
     ("slurm-wlm", "slurmctld"),  // a one-node Slurm cluster for the job tests...
     ("munge", "munged"),         // ...and its authentication
+    ("gcc", "cc"),               // builds the NVML stand-in the GPU test loads
 ];
 
 fn root() -> PathBuf {

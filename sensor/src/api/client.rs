@@ -186,6 +186,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), ClientError> {
         "  {} processes known, {:.1} CPU seconds, {} KiB RSS",
         s.processes, s.cpu_seconds, s.rss_kb
     )?;
+    writeln!(out, "  GPUs: {}", s.gpu)?;
     for h in &s.hooks {
         let state = match (h.attached, h.optional) {
             (true, _) => "attached".to_string(),

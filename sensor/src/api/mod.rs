@@ -66,6 +66,8 @@ pub fn node(host: &str) -> Node {
 /// What the sensor reports about itself, in its own terms; see [`Publisher::status`].
 #[derive(Debug, Clone, Default)]
 pub struct StatusReport {
+    /// What the sensor knows of the node's GPUs, or why it knows nothing.
+    pub gpu: String,
     pub uptime_s: u64,
     pub counters: BTreeMap<String, u64>,
     pub processes: usize,
@@ -411,6 +413,7 @@ impl Publisher {
             processes: report.processes as u32,
             cpu_seconds: report.cpu_seconds,
             rss_kb: report.rss_kb,
+            gpu: report.gpu,
         };
         self.status_tx.send_replace(status.clone());
         if state != SensorState::Running {

@@ -137,6 +137,8 @@ pub struct Pipeline {
     /// One alert per job, gathering its processes' alerts.
     job_alerts: jobs::JobAlerts,
     allow: allow::Allow,
+    /// GPUs through NVML, polled on their own thread.
+    gpus: crate::enrich::gpu::Gpus,
     signals: Vec<Box<dyn Signal>>,
     counters: Counters,
     /// Launchers' evidence, held for the command they run.
@@ -188,6 +190,7 @@ impl Pipeline {
             jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
             job_alerts: jobs::JobAlerts::default(),
             allow: allow::Allow::new(cfg.allow.clone()),
+            gpus: crate::enrich::gpu::Gpus::spawn(cfg.nvml_library.clone()),
             counters: Counters::default(),
             launches: launch::Launches::default(),
             pending: Vec::new(),
@@ -451,12 +454,14 @@ impl Pipeline {
         now_ns: u64,
     ) {
         let allocated = self.jobs.cpus_per_node();
+        let gpu = self.gpus.snapshot();
         let tick = Tick {
             now_ns,
             dt,
             cpu,
             rounding,
             allocated: &allocated,
+            gpu: &gpu.processes,
         };
         let table = &self.table;
         let alive = |k: ProcessKey| table.get(k.tgid).is_some_and(|t| t.key == k);
@@ -691,8 +696,17 @@ impl Pipeline {
         counters.insert("jsonl_reopened".into(), jsonl.reopened);
         counters.insert("terminal_errors".into(), terminal_errors);
         counters.insert("spool_errors".into(), self.api.spool_errors);
+        let gpu = self.gpus.snapshot();
+        counters.insert("gpus".into(), u64::from(gpu.devices));
+        counters.insert("gpu_processes".into(), gpu.processes.len() as u64);
+        counters.insert("nvml_errors".into(), gpu.errors);
+        counters.insert(
+            "slurm_query_errors".into(),
+            self.jobs.errors.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let (cpu_seconds, rss_kb, _) = self_usage();
         StatusReport {
+            gpu: gpu.status,
             uptime_s: started.elapsed().as_secs(),
             counters,
             processes: self.table.len(),

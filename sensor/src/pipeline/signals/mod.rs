@@ -12,6 +12,7 @@ mod dns;
 mod fanout;
 mod first_bytes;
 mod flow;
+mod gpu;
 mod persistence;
 mod pool;
 mod port;
@@ -53,6 +54,8 @@ pub struct Tick<'a> {
     pub rounding: &'a [(u32, FpuThread)],
     /// CPUs each Slurm job Slurm has answered for holds on this node, by job id.
     pub allocated: &'a HashMap<u64, u32>,
+    /// What NVML last said each process does on each GPU.
+    pub gpu: &'a [crate::enrich::gpu::GpuProcess],
 }
 
 pub trait Signal: Send {
@@ -97,6 +100,7 @@ pub const REGISTRY: &[NewSignal] = &[
     port::new,
     first_bytes::new,
     cpu::new,
+    gpu::new,
     rounding::new,
     pool::new,
     dns::new,
