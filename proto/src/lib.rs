@@ -25,6 +25,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Status => "status",
         EventKind::Heartbeat => "heartbeat",
         EventKind::Finding => "finding",
+        EventKind::Job => "job",
     }
 }
 
@@ -33,7 +34,7 @@ pub fn parse_kind(s: &str) -> Option<EventKind> {
     ALL_KINDS.iter().copied().find(|k| kind_name(*k) == s)
 }
 
-pub const ALL_KINDS: [EventKind; 10] = [
+pub const ALL_KINDS: [EventKind; 11] = [
     EventKind::Exec,
     EventKind::Exit,
     EventKind::Connect,
@@ -44,6 +45,7 @@ pub const ALL_KINDS: [EventKind; 10] = [
     EventKind::Status,
     EventKind::Heartbeat,
     EventKind::Finding,
+    EventKind::Job,
 ];
 
 fn body_kind(body: Option<&Body>) -> EventKind {
@@ -59,6 +61,7 @@ fn body_kind(body: Option<&Body>) -> EventKind {
         Some(Body::Status(_)) => EventKind::Status,
         Some(Body::Heartbeat(_)) => EventKind::Heartbeat,
         Some(Body::Finding(_)) => EventKind::Finding,
+        Some(Body::Job(_)) => EventKind::Job,
     }
 }
 

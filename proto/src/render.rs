@@ -198,6 +198,21 @@ pub fn to_json(ev: &Event) -> Value {
             "gpu": opt_str(&s.gpu),
         }),
         Some(Body::Heartbeat(h)) => json!({"interval_s": h.interval_seconds}),
+        Some(Body::Job(j)) => json!({
+            "job": j.id,
+            "sluid": opt_str(&j.sluid),
+            "what": j.what,
+            "job_verified": j.verified,
+            "user": opt_str(&j.user),
+            "uid": j.uid,
+            "account": opt_str(&j.account),
+            "partition": opt_str(&j.partition),
+            "cpus": j.cpus,
+            "gpus": j.gpus,
+            "nodes": j.nodes,
+            "start_time": opt_str(&j.start_time),
+            "processes": j.processes,
+        }),
         Some(Body::Finding(f)) => json!({
             "pid": f.pid,
             "code": f.code,
@@ -355,6 +370,27 @@ pub fn to_text(ev: &Event) -> String {
             )
         }
         Some(Body::Heartbeat(_)) => format!("{head} heartbeat\n"),
+        Some(Body::Job(j)) => {
+            let p = Process {
+                slurm_job: j.id,
+                slurm_sluid: j.sluid.clone(),
+                slurm_job_verified: j.verified,
+                slurm_account: j.account.clone(),
+                slurm_partition: j.partition.clone(),
+                ..Default::default()
+            };
+            let who = if j.user.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", user {}, {} CPUs, {} GPUs",
+                    printable(&j.user),
+                    j.cpus,
+                    j.gpus
+                )
+            };
+            format!("{head} {} {}{who}\n", job_text(&p), printable(&j.what))
+        }
         Some(Body::Finding(f)) => format!(
             "{head} finding pid {} {} ({}): {}\n",
             f.pid,

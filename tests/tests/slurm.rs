@@ -57,6 +57,26 @@ fn a_stratum_client_submitted_with_sbatch_names_its_job_user_account_and_partiti
         a["job"] == job && a["scope"] == "job"
     });
     c.cancel(job);
+    // The job's start and end on this node are events of their own.
+    let started = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "job" && r["job"] == job && r["what"] == "started"
+        })
+        .unwrap_or_else(|| panic!("no job start: {:?}", s.records()));
+    assert_eq!(
+        (
+            started["account"].as_str(),
+            started["user"].as_str(),
+            started["job_verified"].as_bool()
+        ),
+        (Some("physics"), Some(slurm::USER), Some(true)),
+        "{started}"
+    );
+    assert_eq!(started["cpus"], 1, "{started}");
+    s.wait_for(Duration::from_secs(15), |r| {
+        r["kind"] == "job" && r["job"] == job && r["what"] == "ended"
+    })
+    .unwrap_or_else(|| panic!("no job end after scancel: {:?}", s.records()));
     assert_eq!(gathered["id"], format!("job-{job}"), "{gathered}");
     assert_eq!(gathered["severity"], alert["severity"], "{gathered}");
     assert_eq!(

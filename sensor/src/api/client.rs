@@ -55,8 +55,9 @@ pub struct EventsQuery {
 }
 
 /// What a person wants to see by default: findings, not every exec.
-const DEFAULT_KINDS: [EventKind; 6] = [
+const DEFAULT_KINDS: [EventKind; 7] = [
     EventKind::Alert,
+    EventKind::Job,
     EventKind::Stratum,
     EventKind::Saturation,
     EventKind::Finding,

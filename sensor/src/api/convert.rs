@@ -188,6 +188,25 @@ pub fn alert(a: &AlertRecord) -> Body {
     })
 }
 
+/// A job started or ended on this node, with what Slurm says of it.
+pub fn job(c: &crate::pipeline::JobChange, info: Option<&JobInfo>) -> Body {
+    Body::Job(pb::SlurmJob {
+        id: c.job.id.or(info.map(|j| j.id)),
+        sluid: c.job.sluid.clone().unwrap_or_default(),
+        what: if c.started { "started" } else { "ended" }.into(),
+        verified: info.is_some(),
+        user: info.map(|j| j.user.clone()).unwrap_or_default(),
+        uid: info.map_or(0, |j| j.uid),
+        account: info.map(|j| j.account.clone()).unwrap_or_default(),
+        partition: info.map(|j| j.partition.clone()).unwrap_or_default(),
+        cpus: info.map_or(0, |j| j.cpus),
+        gpus: info.map_or(0, |j| j.gpus),
+        nodes: info.map_or(0, |j| j.nodes),
+        start_time: info.map(|j| j.start.clone()).unwrap_or_default(),
+        processes: c.processes,
+    })
+}
+
 /// Why events were lost, in the sensor's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LossKind {

@@ -94,3 +94,135 @@ impl JobAlerts {
         })
     }
 }
+
+/// A job's start waits this long for Slurm's answer, then goes without it.
+const START_WAIT_NS: u64 = 2_000_000_000;
+
+#[derive(Debug)]
+struct Live {
+    first_seen_ns: u64,
+    started_sent: bool,
+    /// Distinct pids seen in the job (counted up to [`PIDS_KEPT`]).
+    pids: hashbrown::HashSet<u32>,
+    processes: u32,
+}
+
+const PIDS_KEPT: usize = 4096;
+
+/// The jobs that have processes on this node, for their start and end events.
+#[derive(Debug, Default)]
+pub struct JobLife {
+    live: HashMap<JobRef, Live>,
+}
+
+/// What a job did, for [`crate::api::convert::job`].
+#[derive(Debug)]
+pub struct JobChange {
+    pub job: JobRef,
+    pub started: bool,
+    pub processes: u32,
+}
+
+impl JobLife {
+    /// A process of `job` exec'd: the job is here, however briefly.
+    pub fn seen(&mut self, job: JobRef, pid: u32, now_ns: u64) {
+        let l = self.live.entry(job).or_insert(Live {
+            first_seen_ns: now_ns,
+            started_sent: false,
+            pids: hashbrown::HashSet::new(),
+            processes: 0,
+        });
+        if l.pids.len() < PIDS_KEPT {
+            l.pids.insert(pid);
+        }
+        l.processes = l.processes.max(l.pids.len() as u32);
+    }
+
+    /// Given the jobs the table's processes are in now (with how many each), the starts and
+    /// ends to tell. `answered` says whether Slurm has answered for a job. A job whose
+    /// processes came and went between two ticks is told as started and ended.
+    pub fn tick(
+        &mut self,
+        now_ns: u64,
+        present: HashMap<JobRef, u32>,
+        mut answered: impl FnMut(&JobRef) -> bool,
+    ) -> Vec<JobChange> {
+        let mut out = Vec::new();
+        for (job, n) in &present {
+            let l = self.live.entry(job.clone()).or_insert(Live {
+                first_seen_ns: now_ns,
+                started_sent: false,
+                pids: hashbrown::HashSet::new(),
+                processes: 0,
+            });
+            l.processes = l.processes.max(*n);
+        }
+        self.live.retain(|job, l| {
+            let here = present.contains_key(job);
+            if !l.started_sent
+                && (!here
+                    || answered(job)
+                    || now_ns.saturating_sub(l.first_seen_ns) >= START_WAIT_NS)
+            {
+                l.started_sent = true;
+                out.push(JobChange {
+                    job: job.clone(),
+                    started: true,
+                    processes: l.processes,
+                });
+            }
+            if !here {
+                out.push(JobChange {
+                    job: job.clone(),
+                    started: false,
+                    processes: l.processes,
+                });
+            }
+            here
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u64) -> JobRef {
+        JobRef {
+            id: Some(n),
+            sluid: None,
+        }
+    }
+
+    fn told(c: &[JobChange]) -> Vec<(u64, bool)> {
+        c.iter().map(|c| (c.job.id.unwrap(), c.started)).collect()
+    }
+
+    #[test]
+    fn a_job_starts_when_slurm_answers_or_after_two_seconds_and_ends_with_its_last_process() {
+        let mut l = JobLife::default();
+        let s = 1_000_000_000;
+        l.seen(job(1), 10, s);
+        l.seen(job(1), 10, s);
+        l.seen(job(1), 11, s);
+        let here = |n| HashMap::from([(job(n), 2)]);
+        assert!(l.tick(s, here(1), |_| false).is_empty(), "waits for Slurm");
+        let c = l.tick(3 * s + 1, here(1), |_| false);
+        assert_eq!(told(&c), [(1, true)], "told without Slurm after 2 s");
+        assert_eq!(c[0].processes, 2, "distinct pids");
+        assert!(l.tick(4 * s, here(1), |_| true).is_empty(), "told once");
+        assert_eq!(told(&l.tick(5 * s, HashMap::new(), |_| true)), [(1, false)]);
+        assert!(l.tick(6 * s, HashMap::new(), |_| true).is_empty());
+    }
+
+    #[test]
+    fn a_job_that_came_and_went_between_ticks_is_told_both_ways() {
+        let mut l = JobLife::default();
+        l.seen(job(7), 10, 5);
+        assert_eq!(
+            told(&l.tick(10, HashMap::new(), |_| false)),
+            [(7, true), (7, false)]
+        );
+    }
+}

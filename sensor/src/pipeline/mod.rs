@@ -5,6 +5,7 @@
 mod allow;
 mod describe;
 mod jobs;
+pub use jobs::JobChange;
 mod launch;
 pub mod process;
 mod run;
@@ -136,6 +137,8 @@ pub struct Pipeline {
     jobs: Jobs,
     /// One alert per job, gathering its processes' alerts.
     job_alerts: jobs::JobAlerts,
+    /// Jobs with processes here, for their start and end events.
+    job_life: jobs::JobLife,
     allow: allow::Allow,
     /// GPUs through NVML, polled on their own thread.
     gpus: crate::enrich::gpu::Gpus,
@@ -189,6 +192,7 @@ impl Pipeline {
             users,
             jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
             job_alerts: jobs::JobAlerts::default(),
+            job_life: jobs::JobLife::default(),
             allow: allow::Allow::new(cfg.allow.clone()),
             gpus: crate::enrich::gpu::Gpus::spawn(cfg.nvml_library.clone()),
             counters: Counters::default(),
@@ -323,6 +327,7 @@ impl Pipeline {
                 let job = job_ref(&info);
                 if let Some(j) = &job {
                     self.jobs.want(j);
+                    self.job_life.seen(j.clone(), info.pid, e.meta.ktime_ns);
                 }
                 let at = self.wall(e.meta.ktime_ns);
                 self.activity(at, |p| {
@@ -471,6 +476,27 @@ impl Pipeline {
         }
         for f in found {
             self.raise(now_ns, f);
+        }
+        self.job_events(now_ns);
+    }
+
+    /// Jobs whose first process appeared, or whose last went, since the last tick.
+    fn job_events(&mut self, now_ns: u64) {
+        let mut present: hashbrown::HashMap<slurm::JobRef, u32> = hashbrown::HashMap::new();
+        for t in self.table.iter() {
+            if let Some(j) = job_ref(&t.info) {
+                *present.entry(j).or_default() += 1;
+            }
+        }
+        let jobs = &mut self.jobs;
+        let changes = self
+            .job_life
+            .tick(now_ns, present, |j| jobs.info(j).is_some());
+        for c in changes {
+            let info = self.jobs.info(&c.job);
+            let at = self.wall(now_ns);
+            let ev = self.api.emit(at, convert::job(&c, info.as_deref()), true);
+            self.out.event(&ev);
         }
     }
 
