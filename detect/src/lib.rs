@@ -98,6 +98,22 @@ pub mod code {
     pub const FLOW_SHAPE: &str = "flow_shape";
 }
 
+/// What a Slurm job holds on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Cpus,
+    Gpus,
+}
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Cpus => "CPUs",
+            Resource::Gpus => "GPUs",
+        }
+    }
+}
+
 /// Evidence about one process, produced by the sensor from kernel events.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
@@ -139,10 +155,11 @@ pub enum Finding {
         in_job: bool,
         memory_bytes: u64,
     },
-    /// A Slurm job's processes together used more CPUs on this node than it holds here,
-    /// for the saturation window (raised on its busiest process).
+    /// A Slurm job's processes together used more CPUs (or GPUs) on this node than it holds
+    /// here, for the saturation window (raised on its busiest process).
     OverAllocation {
         job: u64,
+        resource: Resource,
         used: f64,
         allocated: u32,
         secs: u64,
@@ -373,6 +390,7 @@ impl Finding {
             ),
             Finding::OverAllocation {
                 job,
+                resource,
                 used,
                 allocated,
                 secs,
@@ -380,7 +398,8 @@ impl Finding {
                 code::OVER_ALLOCATION,
                 15,
                 format!(
-                    "Slurm job {job} used {used:.1} CPUs on this node for {}, {} allocated",
+                    "Slurm job {job} used {used:.1} {} on this node for {}, {} allocated",
+                    resource.name(),
                     human_secs(*secs),
                     allocated
                 ),
@@ -596,13 +615,15 @@ impl Finding {
             ]),
             Finding::OverAllocation {
                 job,
+                resource,
                 used,
                 allocated,
                 secs,
             } => f.extend([
                 ("job", job.to_string()),
-                ("cpus_used", format!("{used:.2}")),
-                ("cpus_allocated", allocated.to_string()),
+                ("resource", resource.name().to_ascii_lowercase()),
+                ("used", format!("{used:.2}")),
+                ("allocated", allocated.to_string()),
                 ("seconds", secs.to_string()),
             ]),
             Finding::MinerPort { peer } => f.push(("peer", peer.to_string())),

@@ -129,3 +129,57 @@ fn without_nvml_the_status_says_gpus_are_unavailable() {
     assert_eq!(status["counters"]["gpus"], 0, "{status}");
     assert_eq!(status["state"], "running", "{status}");
 }
+
+#[test]
+fn a_job_keeping_a_gpu_busy_with_none_allocated_is_over_its_allocation() {
+    if !root_or_skip("a_job_keeping_a_gpu_busy_with_none_allocated_is_over_its_allocation") {
+        return;
+    }
+    let c = minerwatch_tests::slurm::cluster();
+    let dir = scratch("gpu-job");
+    let lib = standin(&dir);
+    let state = dir.join("nvml-state");
+    fs::write(&state, "gpus 1\n").unwrap();
+    let cfg = config(&dir, &lib);
+    let mut s = Sensor::start_with_env(
+        &dir,
+        &dir.join("out.jsonl"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--saturation-window",
+            "3",
+        ],
+        &[("MINERWATCH_NVML_STANDIN", &state)],
+    );
+    let job = c.sbatch("physics", &["-n", "1"], "exec sleep 30");
+    let exec = s
+        .wait_for(Duration::from_secs(20), |r| {
+            r["kind"] == "exec" && r["job"] == job && r["comm"] == "sleep"
+        })
+        .unwrap_or_else(|| panic!("the job's process: {:?}", s.records()));
+    let pid = exec["pid"].as_u64().unwrap() as u32;
+    fs::write(&state, format!("gpus 1\nproc 0 {pid} 90 1048576\n")).unwrap();
+    let a = s
+        .wait_alert(pid, "over_allocation", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no over-allocation: {:?}", s.records()));
+    let why = reason_detail(&a, "over_allocation");
+    assert!(
+        why.starts_with(&format!("Slurm job {job} used 1.0 GPUs on this node for "))
+            && why.ends_with(", 0 allocated"),
+        "{why}"
+    );
+    assert!(has_reason(&a, "gpu_saturation"), "{a}");
+    assert!(
+        reason_detail(&a, "gpu_saturation").contains("inside a Slurm job"),
+        "{a}"
+    );
+    // The job's alert gathers its GPU process.
+    let gathered = s
+        .wait_for(Duration::from_secs(10), |r| {
+            r["kind"] == "alert" && r["scope"] == "job" && r["job"] == job
+        })
+        .unwrap_or_else(|| panic!("no job alert: {:?}", s.records()));
+    assert!(has_reason(&gathered, "gpu_saturation"), "{gathered}");
+    c.cancel(job);
+}

@@ -341,16 +341,16 @@ impl Jobs {
         self.info_within(job, wait)
     }
 
-    /// CPUs each job Slurm answered for holds on this node: its CPUs shared evenly over
-    /// its nodes (Slurm's `%C` is the whole job's).
-    pub fn cpus_per_node(&self) -> HashMap<u64, u32> {
+    /// (CPUs, GPUs) each job Slurm answered for holds on this node: its CPUs shared evenly
+    /// over its nodes (Slurm's `%C` is the whole job's), its GPUs per node.
+    pub fn per_node(&self) -> HashMap<u64, (u32, u32)> {
         let Ok(cache) = self.cache.0.lock() else {
             return HashMap::new();
         };
         cache
             .values()
             .flatten()
-            .map(|j| (j.id, j.cpus.div_ceil(j.nodes.max(1))))
+            .map(|j| (j.id, (j.cpus.div_ceil(j.nodes.max(1)), j.gpus)))
             .collect()
     }
 

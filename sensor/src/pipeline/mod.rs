@@ -458,7 +458,7 @@ impl Pipeline {
         dt: Duration,
         now_ns: u64,
     ) {
-        let allocated = self.jobs.cpus_per_node();
+        let allocated = self.jobs.per_node();
         let gpu = self.gpus.snapshot();
         let tick = Tick {
             now_ns,

@@ -64,7 +64,7 @@ impl Saturation {
             .into_iter()
             .collect();
         for job in jobs {
-            let Some(&allocated) = tick.allocated.get(&job) else {
+            let Some(&(allocated, _)) = tick.allocated.get(&job) else {
                 continue;
             };
             let (used, top, _) = by_job.get(&job).copied().unwrap_or((0.0, 0, 0.0));
@@ -80,6 +80,7 @@ impl Saturation {
                     tgid: top,
                     finding: Finding::OverAllocation {
                         job,
+                        resource: minerwatch_detect::Resource::Cpus,
                         used: s.share,
                         allocated,
                         secs: s.secs,

@@ -19,7 +19,12 @@ struct GpuUse {
 
 struct GpuSaturation {
     policy: Policy,
+    /// Per Slurm job: GPUs its processes keep busy on this node, against what it holds.
+    jobs: HashMap<u64, Tracker>,
 }
+
+/// A GPU counts as used by a job when one of its processes has at least this share of it.
+const USED: f64 = 0.1;
 
 pub fn new(cfg: &Config) -> Box<dyn Signal> {
     Box::new(GpuSaturation {
@@ -27,7 +32,53 @@ pub fn new(cfg: &Config) -> Box<dyn Signal> {
             window_ns: cfg.saturation_window.as_nanos() as u64,
             threshold: cfg.saturation_threshold,
         },
+        jobs: HashMap::new(),
     })
+}
+
+impl GpuSaturation {
+    /// Jobs Slurm answered for whose processes kept more GPUs busy than the job holds, for
+    /// the whole window.
+    fn over_allocation(
+        &mut self,
+        tick: &Tick<'_>,
+        dt_ns: u64,
+        by_job: &HashMap<u64, (Vec<u32>, u32, f64)>,
+        out: &mut Vec<Found>,
+    ) {
+        let jobs: std::collections::BTreeSet<u64> =
+            by_job.keys().chain(self.jobs.keys()).copied().collect();
+        for job in jobs {
+            let Some(&(_, allocated)) = tick.allocated.get(&job) else {
+                continue;
+            };
+            let (used, top) = by_job
+                .get(&job)
+                .map_or((0.0, 0), |(gpus, top, _)| (gpus.len() as f64, *top));
+            let policy = Policy {
+                window_ns: self.policy.window_ns,
+                threshold: f64::from(allocated) + 0.5,
+            };
+            let tracker = self.jobs.entry(job).or_default();
+            if let Some(s) = tracker.push(policy, tick.now_ns, dt_ns, used)
+                && top != 0
+            {
+                out.push(Found {
+                    tgid: top,
+                    finding: Finding::OverAllocation {
+                        job,
+                        resource: minerwatch_detect::Resource::Gpus,
+                        used: s.share,
+                        allocated,
+                        secs: s.secs,
+                    },
+                    peer: None,
+                });
+            }
+        }
+        self.jobs
+            .retain(|job, t| tick.allocated.contains_key(job) && !t.idle());
+    }
 }
 
 impl Signal for GpuSaturation {
@@ -38,6 +89,8 @@ impl Signal for GpuSaturation {
     fn on_tick(&mut self, tick: &Tick<'_>, table: &mut Table, out: &mut Vec<Found>) {
         let dt_ns = tick.dt.as_nanos() as u64;
         let mut seen: Vec<(u32, u32)> = Vec::new();
+        // Per job: the GPUs its processes use, and the busiest process.
+        let mut by_job: HashMap<u64, (Vec<u32>, u32, f64)> = HashMap::new();
         for g in tick.gpu {
             // A MIG GPU gives no per-process share: nothing to judge.
             let Some(share) = g.share else { continue };
@@ -46,6 +99,17 @@ impl Signal for GpuSaturation {
             };
             seen.push((g.pid, g.gpu));
             let in_job = t.info.job.is_some() || t.info.sluid.is_some();
+            if let Some(job) = t.info.job
+                && share >= USED
+            {
+                let e = by_job.entry(job).or_insert((Vec::new(), g.pid, 0.0));
+                if !e.0.contains(&g.gpu) {
+                    e.0.push(g.gpu);
+                }
+                if share > e.2 {
+                    (e.1, e.2) = (g.pid, share);
+                }
+            }
             let st = t.state::<GpuUse>();
             let (tracker, mem) = st.by_gpu.entry(g.gpu).or_default();
             *mem = g.memory_bytes;
@@ -63,6 +127,7 @@ impl Signal for GpuSaturation {
                 });
             }
         }
+        self.over_allocation(tick, dt_ns, &by_job, out);
         // Processes NVML no longer lists on a GPU were idle there.
         for t in table.iter_mut() {
             let tgid = t.key.tgid;

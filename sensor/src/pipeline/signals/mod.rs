@@ -52,8 +52,8 @@ pub struct Tick<'a> {
     pub cpu: &'a CpuTotals,
     /// Rounding-mode counts by thread id, for threads that ever showed a non-default mode.
     pub rounding: &'a [(u32, FpuThread)],
-    /// CPUs each Slurm job Slurm has answered for holds on this node, by job id.
-    pub allocated: &'a HashMap<u64, u32>,
+    /// (CPUs, GPUs) each Slurm job Slurm has answered for holds on this node, by job id.
+    pub allocated: &'a HashMap<u64, (u32, u32)>,
     /// What NVML last said each process does on each GPU.
     pub gpu: &'a [crate::enrich::gpu::GpuProcess],
 }
