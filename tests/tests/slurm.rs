@@ -14,7 +14,7 @@ use std::{
 };
 
 use minerwatch_tests::{
-    Proc, Sensor, has_reason, listener, root_or_skip, scratch, severity_rank,
+    Collector, Proc, Sensor, has_reason, listener, root_or_skip, scratch, severity_rank,
     slurm::{self, cluster},
 };
 use serde_json::Value;
@@ -228,7 +228,20 @@ fn an_allowed_account_is_shown_with_its_reason_and_loses_no_events() {
     )
     .unwrap();
     let (_l, addr) = listener(0);
-    let mut s = Sensor::start("slurm-allow", &["--config", config.to_str().unwrap()]);
+    let collector = Collector::start("slurm-collector", "127.0.0.1:0", &[]);
+    let url = format!("http://{}", collector.addr);
+    let spool = dir.join("spool");
+    let mut s = Sensor::start(
+        "slurm-allow",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--collector",
+            &url,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+    );
     let allowed = c.sbatch(
         "benchmark",
         &[],
