@@ -78,8 +78,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Kills what an earlier run left (its pid files), so set-up is idempotent.
+/// Kills what an earlier run left (its pid files, and job steps that outlived their
+/// slurmd), so set-up is idempotent.
 fn kill_leftovers(base: &Path) {
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-x", "slurmstepd"])
+        .status();
     for f in ["munge/pid", "slurmctld.pid", "slurmd.pid"] {
         if let Some(pid) = fs::read_to_string(base.join(f))
             .ok()
@@ -282,6 +286,9 @@ impl Slurm {
     }
 
     fn stop(&self) {
+        // Jobs first, so no step outlives the cluster.
+        let _ = self.cmd("scancel").args(["-u", USER]).status();
+        std::thread::sleep(Duration::from_millis(300));
         let Ok(mut daemons) = self.daemons.lock() else {
             return;
         };
@@ -297,6 +304,9 @@ impl Slurm {
             let _ = d.kill();
             let _ = d.wait();
         }
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-x", "slurmstepd"])
+            .status();
     }
 }
 

@@ -284,6 +284,47 @@ fn an_allowed_account_is_shown_with_its_reason_and_loses_no_events() {
     );
 }
 
+#[test]
+fn a_job_slurm_does_not_answer_for_is_shown_by_its_id_unconfirmed() {
+    if !root_or_skip("a_job_slurm_does_not_answer_for_is_shown_by_its_id_unconfirmed") {
+        return;
+    }
+    let c = cluster();
+    let dir = scratch("slurm-silent");
+    let config = dir.join("minerwatch.toml");
+    // A controller that never answers, as far as the sensor can tell.
+    fs::write(&config, "slurm_squeue = \"/nonexistent/squeue\"\n").unwrap();
+    let (_l, addr) = listener(0);
+    let mut s = Sensor::start(
+        "slurm-silent",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--stats-interval",
+            "1",
+        ],
+    );
+    let job = c.sbatch(
+        "physics",
+        &[],
+        &format!("exec {CLIENT} stratum {addr} write"),
+    );
+    let a = alert_where(&mut s, Duration::from_secs(30), |a| {
+        a["job"] == job && a["scope"] == "process" && has_reason(a, "stratum_protocol")
+    });
+    c.cancel(job);
+    assert!(severity_rank(&a["severity"]) >= 3, "{a}");
+    assert_eq!(a["job_verified"], false, "{a}");
+    assert!(a["account"].is_null() && a["partition"].is_null(), "{a}");
+    let counters = s.wait_counters(Duration::from_secs(10), |c| {
+        c["slurm_query_errors"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        counters["slurm_query_errors"].as_u64().unwrap_or(0) >= 1,
+        "{counters}"
+    );
+}
+
 /// A cgroup folder made for one test under a hierarchy's mount, removed (with every folder
 /// the test made) when dropped.
 struct Cgroup {

@@ -37,8 +37,8 @@ pub struct Anchor {
 #[derive(Debug, Default)]
 struct Places {
     anchors: Vec<Anchor>,
-    /// slurmd runs here (or anchors were configured): sustained CPU outside every job is an
-    /// allocation question.
+    /// slurmd runs here, anchors were configured, or the node has a `slurm.conf` (a login
+    /// node): sustained CPU outside every job is an allocation question.
     slurm_node: bool,
     configured: Vec<String>,
     learned_at: Option<Instant>,
@@ -54,6 +54,9 @@ static PLACES: RwLock<Places> = RwLock::new(Places {
     learned_at: None,
     conf: None,
 });
+
+/// Where a node that is part of a Slurm cluster keeps its config (Debian's, upstream's).
+const SITE_CONFIGS: &[&str] = &["/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf"];
 
 /// Learned again at most this often when a job-like path matches no anchor.
 const RELEARN: Duration = Duration::from_secs(1);
@@ -189,7 +192,10 @@ fn learn() -> Vec<Anchor> {
             tracing::info!(anchors = ?anchors, "Slurm job cgroups");
         }
         p.anchors = anchors.clone();
-        p.slurm_node = slurmd.is_some() || !configured.is_empty();
+        // A login node runs no slurmd but has the cluster's config.
+        p.slurm_node = slurmd.is_some()
+            || !configured.is_empty()
+            || SITE_CONFIGS.iter().any(|c| Path::new(c).exists());
         p.conf = found.and_then(|s| s.conf);
         p.learned_at = Some(Instant::now());
     }
@@ -248,8 +254,13 @@ fn conf_of(argv: &[String], env: &[String]) -> Option<PathBuf> {
 
 /// What Slurm said about a job: its record, or that it knows no such job (a SLUID 22.05
 /// cannot read, a job already gone, or no controller answering).
-type Answer = Option<Arc<JobInfo>>;
+/// With when it was given: "no such job" is asked again after [`ASK_AGAIN`], since a job
+/// can be seen (its processes, a preexisting one's folder) before its controller answers.
+type Answer = (Option<Arc<JobInfo>>, Instant);
 type Cache = Arc<(Mutex<HashMap<JobRef, Answer>>, Condvar)>;
+
+/// How long "no such job" stands before the job is asked for again.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
 
 /// The pipeline's handle on the `squeue` thread.
 pub struct Jobs {
@@ -274,7 +285,7 @@ impl Jobs {
                 .name("minerwatch-slurm".into())
                 .spawn(move || {
                     for job in rx {
-                        let answer = ask(&bin, &job, &errs).map(Arc::new);
+                        let answer = (ask(&bin, &job, &errs).map(Arc::new), Instant::now());
                         if let Ok(mut c) = shared.0.lock() {
                             if c.len() >= KEPT {
                                 c.clear();
@@ -319,8 +330,18 @@ impl Jobs {
         let (lock, answered) = &*self.cache;
         let mut cache = lock.lock().ok()?;
         loop {
-            if let Some(a) = cache.get(job) {
-                return a.clone();
+            match cache.get(job) {
+                Some((Some(info), _)) => return Some(info.clone()),
+                Some((None, at)) if at.elapsed() >= ASK_AGAIN => {
+                    // Slurm knew nothing a while ago; ask again, and say nothing now.
+                    cache.remove(job);
+                    drop(cache);
+                    self.asked.remove(job);
+                    self.want(job);
+                    return None;
+                }
+                Some((None, _)) => return None,
+                None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -349,7 +370,7 @@ impl Jobs {
         };
         cache
             .values()
-            .flatten()
+            .filter_map(|(j, _)| j.as_ref())
             .map(|j| (j.id, (j.cpus.div_ceil(j.nodes.max(1)), j.gpus)))
             .collect()
     }

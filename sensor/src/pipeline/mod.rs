@@ -122,9 +122,15 @@ struct SaturationShown {
     found_ns: u64,
 }
 
-/// The same for [`Finding::OutsideAllocation`], which comes with saturation.
+/// What was last sent of each sustained finding (saturation of a CPU or GPU, allocation
+/// breaches), by kind: each is found again at every tick while it lasts.
 #[derive(Default)]
-struct AllocationShown(SaturationShown);
+struct SustainedShown(hashbrown::HashMap<&'static str, SaturationShown>);
+
+/// [`SustainedShown`]'s keys for GPU saturation, by GPU (the last for GPU 7 and above).
+const GPU_KEYS: [&str; 8] = [
+    "gpu0", "gpu1", "gpu2", "gpu3", "gpu4", "gpu5", "gpu6", "gpu7+",
+];
 
 /// Saturation not found for this long ended; found again, it is a new start.
 const SATURATION_GAP_NS: u64 = 2_500_000_000;
@@ -571,20 +577,30 @@ impl Pipeline {
         }
     }
 
-    /// Whether `finding` is sent as an evidence event. Saturation is found again at every
-    /// tick while it lasts; it is sent when it starts (or starts again after a pause), when
+    /// Whether `finding` is sent as an evidence event. Sustained findings (CPU and GPU
+    /// saturation, `outside_allocation`, `over_allocation`) are found again at every tick
+    /// while they last; each it is sent when it starts (or starts again after a pause), when
     /// the share moves by
     /// [`SATURATION_STEP`], and once every [`SATURATION_REFRESH_NS`] while it goes on, not
     /// once a second for every busy process of a node. The alert keeps the latest either way.
     fn evidence_due(&mut self, tgid: u32, now_ns: u64, finding: &Finding) -> bool {
-        let t = self.table.load(tgid);
-        let (shown, share) = match finding {
-            Finding::CpuSaturation { share, .. } => (t.state::<SaturationShown>(), *share),
-            Finding::OutsideAllocation { share, .. } => {
-                (&mut t.state::<AllocationShown>().0, *share)
-            }
+        let (code, share) = match finding {
+            Finding::CpuSaturation { share, .. } => ("cpu", *share),
+            Finding::OutsideAllocation { share, .. } => ("outside", *share),
+            Finding::GpuSaturation { gpu, share, .. } => (GPU_KEYS[(*gpu as usize).min(7)], *share),
+            Finding::OverAllocation { resource, used, .. } => match resource {
+                minerwatch_detect::Resource::Cpus => ("over_cpus", *used),
+                minerwatch_detect::Resource::Gpus => ("over_gpus", *used),
+            },
             _ => return true,
         };
+        let shown = self
+            .table
+            .load(tgid)
+            .state::<SustainedShown>()
+            .0
+            .entry(code)
+            .or_default();
         let restarted = now_ns.saturating_sub(shown.found_ns) >= SATURATION_GAP_NS;
         shown.found_ns = now_ns;
         let due = restarted
