@@ -315,10 +315,20 @@ fn exec_names_the_job_cgroup_it_runs_in_across_moves() {
         return;
     }
     let root = job_cgroup_root();
-    let parent = root.join(format!("minerwatch-e2e-{}", std::process::id()));
+    // A job folder under an anchor root made, as slurmstepd does (named in the config: no
+    // slurmd runs here).
+    let anchor = format!("minerwatch-e2e-{}", std::process::id());
+    let parent = root.join(&anchor);
     let job = parent.join("job_4242");
     std::fs::create_dir_all(&job).unwrap();
-    let mut s = Sensor::start("cgroup-moves", &["--stats-interval", "1"]);
+    let dir = minerwatch_tests::scratch("cgroup-moves");
+    let config = dir.join("minerwatch.toml");
+    std::fs::write(&config, format!("slurm_cgroup_anchors = [\"/{anchor}\"]\n")).unwrap();
+    let mut s = Sensor::start_writing(
+        &dir,
+        &dir.join("out.jsonl"),
+        &["--stats-interval", "1", "--config", config.to_str().unwrap()],
+    );
     let script = format!(
         "echo $$ > {job}/cgroup.procs; \
          /bin/sh -c 'sleep 0.2' in-1; /bin/true in-fast; /bin/sh -c 'sleep 0.2' in-2; \
