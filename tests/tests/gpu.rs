@@ -16,11 +16,14 @@ use std::{
 
 use minerwatch_tests::{Proc, Sensor, has_reason, reason_detail, root_or_skip, scratch, workspace};
 
-/// The stand-in, compiled into `dir`.
-fn standin(dir: &Path) -> PathBuf {
+/// The stand-in, compiled into `dir`: with `cc_layout`, writing the 32-byte process entries
+/// of drivers built against the 12.2 header.
+fn standin_with(dir: &Path, cc_layout: bool) -> PathBuf {
     let lib = dir.join("libnvidia-ml.so.1");
     let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror"])
+        .args(cc_layout.then_some("-DSTANDIN_CC_LAYOUT"))
+        .arg("-o")
         .arg(&lib)
         .arg(workspace().join("tests/fixtures/nvml-standin.c"))
         .output()
@@ -31,6 +34,10 @@ fn standin(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     lib
+}
+
+fn standin(dir: &Path) -> PathBuf {
+    standin_with(dir, false)
 }
 
 fn config(dir: &Path, library: &Path) -> PathBuf {
@@ -45,21 +52,32 @@ fn config(dir: &Path, library: &Path) -> PathBuf {
 
 #[test]
 fn a_process_that_keeps_a_gpu_busy_for_the_window_gets_gpu_evidence() {
-    if !root_or_skip("a_process_that_keeps_a_gpu_busy_for_the_window_gets_gpu_evidence") {
-        return;
+    if root_or_skip("a_process_that_keeps_a_gpu_busy_for_the_window_gets_gpu_evidence") {
+        gpu_evidence(false);
     }
-    let dir = scratch("gpu");
-    let lib = standin(&dir);
+}
+
+#[test]
+fn gpu_evidence_is_read_right_from_drivers_with_the_longer_process_entry() {
+    if root_or_skip("gpu_evidence_is_read_right_from_drivers_with_the_longer_process_entry") {
+        gpu_evidence(true);
+    }
+}
+
+fn gpu_evidence(cc_layout: bool) {
+    let dir = scratch(if cc_layout { "gpu-cc" } else { "gpu" });
+    let lib = standin_with(&dir, cc_layout);
     let state = dir.join("nvml-state");
     let busy = Proc::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()));
     let idle = Proc::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()));
-    // GPU 0: one process at 98 % with 1 GiB, one at 5 %. GPU 1 is MIG-partitioned.
+    // GPU 0: one process at 5 %, one at 98 % with 1 GiB (second, so its entry is read at
+    // the driver's stride). GPU 1 is MIG-partitioned.
     fs::write(
         &state,
         format!(
-            "gpus 2\nmig 1 1\nproc 0 {} 98 1073741824\nproc 0 {} 5 1048576\nproc 1 {} 0 4096\n",
-            busy.pid(),
+            "gpus 2\nmig 1 1\nproc 0 {} 5 1048576\nproc 0 {} 98 1073741824\nproc 1 {} 0 4096\n",
             idle.pid(),
+            busy.pid(),
             idle.pid()
         ),
     )

@@ -327,7 +327,12 @@ fn exec_names_the_job_cgroup_it_runs_in_across_moves() {
     let mut s = Sensor::start_writing(
         &dir,
         &dir.join("out.jsonl"),
-        &["--stats-interval", "1", "--config", config.to_str().unwrap()],
+        &[
+            "--stats-interval",
+            "1",
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let script = format!(
         "echo $$ > {job}/cgroup.procs; \

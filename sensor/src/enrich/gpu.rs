@@ -69,14 +69,19 @@ impl Gpus {
 
 type Device = *mut c_void;
 
-#[repr(C)]
+/// One entry of `nvmlDeviceGetComputeRunningProcesses_v3`, as read from the driver's
+/// array: `pid` at 0 and `usedGpuMemory` at 8 in both layouts the driver may write
+/// (`nvmlProcessInfo_v2_t`, 24 bytes; drivers of the 12.2 header era add
+/// `usedGpuCcProtectedMemory`, 32 bytes).
 #[derive(Clone, Copy, Default)]
 struct ProcessInfo {
-    pid: c_uint,
-    used_gpu_memory: c_ulonglong,
-    gpu_instance_id: c_uint,
-    compute_instance_id: c_uint,
+    pid: u32,
+    used_gpu_memory: u64,
 }
+
+/// The largest entry any driver writes: the array is sized by it, so a driver with the
+/// longer layout never writes past it.
+const PROCESS_INFO_MAX: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -101,7 +106,9 @@ struct Nvml {
     handle: unsafe extern "C" fn(c_uint, *mut Device) -> c_int,
     driver: unsafe extern "C" fn(*mut c_char, c_uint) -> c_int,
     mig: unsafe extern "C" fn(Device, *mut c_uint, *mut c_uint) -> c_int,
-    procs: unsafe extern "C" fn(Device, *mut c_uint, *mut ProcessInfo) -> c_int,
+    procs: unsafe extern "C" fn(Device, *mut c_uint, *mut u8) -> c_int,
+    /// Bytes per process entry this driver writes (see [`ProcessInfo`]).
+    process_info_size: usize,
     util: unsafe extern "C" fn(Device, *mut UtilSample, *mut c_uint, c_ulonglong) -> c_int,
 }
 
@@ -158,8 +165,18 @@ impl Nvml {
                 >(sym("nvmlDeviceGetMigMode")?),
                 procs: std::mem::transmute::<
                     *mut c_void,
-                    unsafe extern "C" fn(Device, *mut c_uint, *mut ProcessInfo) -> c_int,
+                    unsafe extern "C" fn(Device, *mut c_uint, *mut u8) -> c_int,
                 >(sym("nvmlDeviceGetComputeRunningProcesses_v3")?),
+                // The drivers that write the 32-byte entry are told apart by what they
+                // export: confidential-computing memory info, and not yet the process
+                // detail list that replaced the v3 call.
+                process_info_size: if sym("nvmlDeviceGetConfComputeMemSizeInfo").is_ok()
+                    && sym("nvmlDeviceGetRunningProcessDetailList").is_err()
+                {
+                    32
+                } else {
+                    24
+                },
                 util: std::mem::transmute::<
                     *mut c_void,
                     unsafe extern "C" fn(
@@ -299,15 +316,27 @@ fn running(nvml: &Nvml, dev: Device) -> Option<Vec<ProcessInfo>> {
     if r != NVML_ERROR_INSUFFICIENT_SIZE {
         return None;
     }
-    // Room for a few that start between the calls.
-    let mut buf = vec![ProcessInfo::default(); n as usize + 8];
-    let mut n = buf.len() as c_uint;
-    // SAFETY: `buf` holds `n` entries of NVML's layout.
+    // Room for a few that start between the calls, at the largest entry size.
+    let room = n as usize + 8;
+    let mut buf = vec![0u8; room * PROCESS_INFO_MAX];
+    let mut n = room as c_uint;
+    // SAFETY: `buf` holds `room` entries of any layout a driver writes.
     let r = unsafe { (nvml.procs)(dev, &mut n, buf.as_mut_ptr()) };
-    (r == NVML_SUCCESS).then(|| {
-        buf.truncate(n as usize);
-        buf
-    })
+    if r != NVML_SUCCESS {
+        return None;
+    }
+    let size = nvml.process_info_size;
+    Some(
+        buf.chunks_exact(size)
+            .take((n as usize).min(room))
+            .map(|e| ProcessInfo {
+                pid: u32::from_ne_bytes([e[0], e[1], e[2], e[3]]),
+                used_gpu_memory: u64::from_ne_bytes([
+                    e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15],
+                ]),
+            })
+            .collect(),
+    )
 }
 
 /// (pid, SM utilisation %) on `dev` since `last_seen` (NVML's microsecond timestamps).
@@ -334,5 +363,13 @@ fn utilisation(nvml: &Nvml, dev: Device, last_seen: &mut c_ulonglong) -> Option<
     }
     buf.truncate(n as usize);
     *last_seen = buf.iter().map(|s| s.time_stamp).max().unwrap_or(*last_seen);
-    Some(buf.iter().map(|s| (s.pid, s.sm_util)).collect())
+    // NVML keeps several samples per process: the latest of each is its use now.
+    buf.sort_by_key(|s| std::cmp::Reverse(s.time_stamp));
+    let mut latest: Vec<(u32, u32)> = Vec::new();
+    for s in &buf {
+        if !latest.iter().any(|(pid, _)| *pid == s.pid) {
+            latest.push((s.pid, s.sm_util));
+        }
+    }
+    Some(latest)
 }

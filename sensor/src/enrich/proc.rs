@@ -70,19 +70,28 @@ fn is_unified(cgroup_file: &str) -> bool {
 /// hierarchy has it under slurmstepd's folder (see [`super::slurm`]), else the v2 (`0::`)
 /// path.
 pub fn parse_cgroup_file(text: &str) -> Placement {
-    if let Some((job, path)) = super::slurm::job_of(text) {
-        return Placement {
-            path,
-            job: Some(job),
-        };
-    }
+    let unsure = match super::slurm::job_of(text) {
+        super::slurm::Found::Job(job, path) => {
+            return Placement {
+                path,
+                job: Some(job),
+                unsure: false,
+            };
+        }
+        super::slurm::Found::None => false,
+        super::slurm::Found::NotYet => true,
+    };
     let path = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .or_else(|| text.lines().find_map(|l| l.splitn(3, ':').nth(2)))
         .unwrap_or("")
         .to_string();
-    Placement { path, job: None }
+    Placement {
+        path,
+        job: None,
+        unsure,
+    }
 }
 
 /// A process's cgroup as reported, and its Slurm job.
@@ -90,6 +99,8 @@ pub fn parse_cgroup_file(text: &str) -> Placement {
 pub struct Placement {
     pub path: String,
     pub job: Option<super::slurm::JobRef>,
+    /// Its path looks like a job's under no anchor known yet: not to be reused for others.
+    pub unsure: bool,
 }
 
 impl Process {
@@ -717,7 +728,8 @@ pids\t8\t1\t1
             parse_cgroup_file(v1),
             Placement {
                 path: "/user.slice".into(),
-                job: None
+                job: None,
+                unsure: true,
             }
         );
         assert_eq!(

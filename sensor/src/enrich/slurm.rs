@@ -79,21 +79,42 @@ pub fn slurm_node() -> bool {
     PLACES.read().is_ok_and(|p| p.slurm_node)
 }
 
-/// The job a process is in, from its `/proc/<pid>/cgroup`, and the line's path.
-pub fn job_of(cgroup_file: &str) -> Option<(JobRef, String)> {
-    let found = find(cgroup_file);
-    if found.is_some() || !looks_like_job(cgroup_file) {
-        return found;
+/// Where a process is: in a job (and the line's path), in none, or in none that is known
+/// yet (a path like a job's under no anchor known: slurmd's folder may be new, and the
+/// anchors are being learned again off this thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Job(JobRef, String),
+    None,
+    NotYet,
+}
+
+/// Whether anchors are being learned on a thread now.
+static LEARNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The job a process is in, from its `/proc/<pid>/cgroup`. Never blocks on a /proc walk.
+pub fn job_of(cgroup_file: &str) -> Found {
+    if let Some((j, p)) = find(cgroup_file) {
+        return Found::Job(j, p);
     }
-    // A job-like path under no known anchor: perhaps slurmd's folder is new.
+    if !looks_like_job(cgroup_file) {
+        return Found::None;
+    }
     let due = PLACES
         .read()
         .is_ok_and(|p| p.learned_at.is_none_or(|t| t.elapsed() >= RELEARN));
-    if due {
-        learn();
-        return find(cgroup_file);
+    if due && !LEARNING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let spawned = std::thread::Builder::new()
+            .name("minerwatch-anchors".into())
+            .spawn(|| {
+                learn();
+                LEARNING.store(false, std::sync::atomic::Ordering::Release);
+            });
+        if spawned.is_err() {
+            LEARNING.store(false, std::sync::atomic::Ordering::Release);
+        }
     }
-    None
+    Found::NotYet
 }
 
 fn find(cgroup_file: &str) -> Option<(JobRef, String)> {
@@ -212,7 +233,10 @@ struct Slurmd {
     conf: Option<PathBuf>,
 }
 
-/// A running slurmd (root's, named `slurmd`): its cgroup file and the config it was given.
+/// A running slurmd: named `slurmd`, every uid root (real, effective, saved, file system),
+/// and running a root-owned executable that only root can write, in a folder only root can
+/// write: a user's symlink to a setuid program named `slurmd` is none of these. Its cgroup
+/// file, and the config it was given when that file too is root's alone.
 fn slurmd(proc_root: &Path) -> Option<Slurmd> {
     let dir = std::fs::read_dir(proc_root).ok()?;
     dir.flatten().find_map(|e| {
@@ -220,7 +244,11 @@ fn slurmd(proc_root: &Path) -> Option<Slurmd> {
         let pid: u32 = name.to_str()?.parse().ok()?;
         let d = proc_root.join(pid.to_string());
         let comm = std::fs::read_to_string(d.join("comm")).ok()?;
-        if comm.trim_end() != "slurmd" || std::fs::metadata(&d).ok()?.uid() != 0 {
+        if comm.trim_end() != "slurmd" || !all_uids_root(&std::fs::read_to_string(d.join("status")).ok()?) {
+            return None;
+        }
+        let exe = std::fs::read_link(d.join("exe")).ok()?;
+        if !root_only_file(&exe) {
             return None;
         }
         let cgroups = std::fs::read_to_string(d.join("cgroup")).ok()?;
@@ -231,9 +259,40 @@ fn slurmd(proc_root: &Path) -> Option<Slurmd> {
         };
         let argv = split(std::fs::read(d.join("cmdline")).unwrap_or_default());
         let env = split(std::fs::read(d.join("environ")).unwrap_or_default());
-        let conf = conf_of(&argv, &env);
+        let conf = conf_of(&argv, &env).filter(|c| {
+            let ok = c.is_absolute() && root_only_file(c);
+            if !ok {
+                tracing::warn!(conf = %c.display(), "slurmd's config is not root's alone: squeue is not pointed at it");
+            }
+            ok
+        });
         Some(Slurmd { cgroups, conf })
     })
+}
+
+/// `Uid:` and `Gid:` of `/proc/<pid>/status` are 0 in all four places.
+fn all_uids_root(status: &str) -> bool {
+    let zero = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .is_some_and(|v| {
+                v.split_whitespace().count() == 4 && v.split_whitespace().all(|f| f == "0")
+            })
+    };
+    zero("Uid:") && zero("Gid:")
+}
+
+/// A file owned by root that neither group nor others can write, in folders of which the
+/// same is true, all the way up.
+fn root_only_file(path: &Path) -> bool {
+    let safe = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0)
+    };
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    safe(&real) && real.ancestors().skip(1).all(safe)
 }
 
 /// `slurmd -f PATH` (or `-fPATH`), else `SLURM_CONF=PATH` in its environment.
@@ -254,20 +313,23 @@ fn conf_of(argv: &[String], env: &[String]) -> Option<PathBuf> {
 
 /// What Slurm said about a job: its record, or that it knows no such job (a SLUID 22.05
 /// cannot read, a job already gone, or no controller answering).
-/// With when it was given: "no such job" is asked again after [`ASK_AGAIN`], since a job
-/// can be seen (its processes, a preexisting one's folder) before its controller answers.
-type Answer = (Option<Arc<JobInfo>>, Instant);
+/// With when it was given and how many answers in a row said "no such job": that is asked
+/// again after [`ASK_AGAIN`], doubled each time up to [`ASK_AGAIN_MAX`], since a job can be
+/// seen (its processes, a preexisting one's folder) before its controller answers, and a
+/// controller that is struggling must not be asked harder.
+type Answer = (Option<Arc<JobInfo>>, Instant, u32);
 type Cache = Arc<(Mutex<HashMap<JobRef, Answer>>, Condvar)>;
 
-/// How long "no such job" stands before the job is asked for again.
+/// How long "no such job" first stands before the job is asked for again.
 const ASK_AGAIN: Duration = Duration::from_secs(5);
+const ASK_AGAIN_MAX: Duration = Duration::from_secs(300);
 
 /// The pipeline's handle on the `squeue` thread.
 pub struct Jobs {
     cache: Cache,
     asked: HashSet<JobRef>,
-    waited: HashSet<JobRef>,
-    tx: Option<mpsc::Sender<JobRef>>,
+    /// A job to ask for, and how many times in a row Slurm said it knows none.
+    tx: Option<mpsc::Sender<(JobRef, u32)>>,
     /// squeue runs that failed to start or answered nothing usable, for the status.
     pub errors: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -278,19 +340,17 @@ impl Jobs {
         let cache: Cache = Arc::default();
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tx = squeue.and_then(|bin| {
-            let (tx, rx) = mpsc::channel::<JobRef>();
+            let (tx, rx) = mpsc::channel::<(JobRef, u32)>();
             let shared = cache.clone();
             let errs = errors.clone();
             std::thread::Builder::new()
                 .name("minerwatch-slurm".into())
                 .spawn(move || {
-                    for job in rx {
-                        let answer = (ask(&bin, &job, &errs).map(Arc::new), Instant::now());
+                    for (job, misses) in rx {
+                        let info = ask(&bin, &job, &errs).map(Arc::new);
+                        let misses = if info.is_some() { 0 } else { misses + 1 };
                         if let Ok(mut c) = shared.0.lock() {
-                            if c.len() >= KEPT {
-                                c.clear();
-                            }
-                            c.insert(job, answer);
+                            c.insert(job, (info, Instant::now(), misses));
                         }
                         shared.1.notify_all();
                     }
@@ -302,7 +362,6 @@ impl Jobs {
         Jobs {
             cache,
             asked: HashSet::new(),
-            waited: HashSet::new(),
             tx,
             errors,
         }
@@ -310,15 +369,22 @@ impl Jobs {
 
     /// Asks for `job` if it was never asked for.
     pub fn want(&mut self, job: &JobRef) {
+        self.ask(job, 0);
+    }
+
+    fn ask(&mut self, job: &JobRef, misses: u32) {
         if self.asked.len() >= KEPT {
-            // Asked again if still needed: the cache was cleared at the same size.
+            // Start over, answers and all, so no job is left asked but unanswered; those
+            // still running are asked again as their processes show up.
             self.asked.clear();
-            self.waited.clear();
+            if let Ok(mut c) = self.cache.0.lock() {
+                c.clear();
+            }
         }
         if let Some(tx) = &self.tx
             && self.asked.insert(job.clone())
         {
-            let _ = tx.send(job.clone());
+            let _ = tx.send((job.clone(), misses));
         }
     }
 
@@ -331,16 +397,20 @@ impl Jobs {
         let mut cache = lock.lock().ok()?;
         loop {
             match cache.get(job) {
-                Some((Some(info), _)) => return Some(info.clone()),
-                Some((None, at)) if at.elapsed() >= ASK_AGAIN => {
-                    // Slurm knew nothing a while ago; ask again, and say nothing now.
-                    cache.remove(job);
-                    drop(cache);
-                    self.asked.remove(job);
-                    self.want(job);
+                Some((Some(info), _, _)) => return Some(info.clone()),
+                Some(&(None, at, misses)) => {
+                    let after = ASK_AGAIN
+                        .saturating_mul(1 << misses.saturating_sub(1).min(10))
+                        .min(ASK_AGAIN_MAX);
+                    if at.elapsed() >= after {
+                        // Slurm knew nothing a while ago; ask again, and say nothing now.
+                        cache.remove(job);
+                        drop(cache);
+                        self.asked.remove(job);
+                        self.ask(job, misses);
+                    }
                     return None;
                 }
-                Some((None, _)) => return None,
                 None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -351,15 +421,11 @@ impl Jobs {
         }
     }
 
-    /// Slurm's record of `job` for an alert: the first alert about a job waits up to
-    /// [`JOB_WAIT`] for `squeue`, later ones take what is known.
-    pub fn info_for_alert(&mut self, job: &JobRef) -> Option<Arc<JobInfo>> {
-        let wait = if self.waited.insert(job.clone()) {
-            JOB_WAIT
-        } else {
-            Duration::ZERO
-        };
-        self.info_within(job, wait)
+    /// `job` was asked for and Slurm has not answered yet.
+    pub fn asking(&self, job: &JobRef) -> bool {
+        self.tx.is_some()
+            && self.asked.contains(job)
+            && self.cache.0.lock().is_ok_and(|c| !c.contains_key(job))
     }
 
     /// (CPUs, GPUs) each job Slurm answered for holds on this node: its CPUs shared evenly
@@ -370,7 +436,7 @@ impl Jobs {
         };
         cache
             .values()
-            .filter_map(|(j, _)| j.as_ref())
+            .filter_map(|(j, _, _)| j.as_ref())
             .map(|j| (j.id, (j.cpus.div_ceil(j.nodes.max(1)), j.gpus)))
             .collect()
     }
@@ -384,19 +450,33 @@ impl Jobs {
 /// Jobs remembered; past this the cache starts over (a node runs a few jobs at a time).
 const KEPT: usize = 4096;
 
-/// Longest the first alert about a job waits for Slurm's answer.
+/// Longest an alert about a job is held for Slurm's answer (it never blocks the pipeline).
 pub const JOB_WAIT: Duration = Duration::from_millis(500);
 
 /// Longest `squeue` may take before its answer is taken as none.
 const SQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most of squeue's output read (one job's lines, an array's tasks).
+const SQUEUE_MAX_OUTPUT: u64 = 1 << 20;
+
+/// `squeue` for one job, run with a clean environment (the config slurmd uses, a fixed
+/// PATH), its output read as it comes and cut off at [`SQUEUE_TIMEOUT`].
 fn ask(bin: &Path, job: &JobRef, errors: &std::sync::atomic::AtomicU64) -> Option<JobInfo> {
+    use std::io::Read as _;
     let id = match (&job.id, &job.sluid) {
         (Some(id), _) => id.to_string(),
         (None, Some(s)) => s.clone(),
         (None, None) => return None,
     };
+    let failed = || {
+        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    };
     let mut cmd = Command::new(bin);
+    cmd.env_clear().env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     if let Some(conf) = PLACES.read().ok().and_then(|p| p.conf.clone()) {
         cmd.env("SLURM_CONF", conf);
     }
@@ -409,34 +489,49 @@ fn ask(bin: &Path, job: &JobRef, errors: &std::sync::atomic::AtomicU64) -> Optio
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(reason = %e, "cannot run squeue");
-            return None;
+            return failed();
         }
     };
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return failed();
+    };
+    // Read on a thread of its own, so a long answer cannot fill the pipe and stall squeue.
+    let reader = std::thread::Builder::new()
+        .name("minerwatch-squeue-out".into())
+        .spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.take(SQUEUE_MAX_OUTPUT).read_to_end(&mut out);
+            out
+        });
     let started = Instant::now();
-    loop {
+    let finished = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(st)) => break st.success(),
             Ok(None) if started.elapsed() < SQUEUE_TIMEOUT => {
                 std::thread::sleep(Duration::from_millis(2));
             }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return None;
+                break false;
             }
         }
+    };
+    let out = reader.ok().and_then(|r| r.join().ok()).unwrap_or_default();
+    if !finished {
+        return failed();
     }
-    let mut out = String::new();
-    use std::io::Read as _;
-    child.stdout.take()?.read_to_string(&mut out).ok()?;
-    let info = out.lines().find_map(parse_squeue);
-    // Only an answer about the job asked for: a SLUID squeue cannot read is no job.
-    let info = info.filter(|i| job.id.is_none_or(|id| id == i.id));
+    // The line of the job asked for (an array's master lists its tasks too); for a SLUID,
+    // the job squeue names for it.
+    let info = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(parse_squeue)
+        .find(|i| job.id.is_none_or(|id| id == i.id));
     if info.is_none() {
-        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return failed();
     }
     info
 }
@@ -447,6 +542,20 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn slurmd_is_root_in_every_uid_and_runs_a_file_only_root_writes() {
+        let root = "Name:\tslurmd\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert!(all_uids_root(root));
+        // A setuid program run by uid 1000: real uid 1000.
+        assert!(!all_uids_root(
+            "Uid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n"
+        ));
+        assert!(!all_uids_root("Gid:\t0\t0\t0\t0\n"));
+        assert!(root_only_file(Path::new("/usr/bin/env")));
+        assert!(!root_only_file(Path::new("/tmp")), "others may write /tmp");
+        assert!(!root_only_file(Path::new("/nonexistent/slurmd")));
     }
 
     #[test]

@@ -19,13 +19,21 @@ use crate::config::AllowEntry;
 /// The most an allowed alert shows.
 pub const ALLOWED_SEVERITY: Severity = Severity::Low;
 
-/// Executables larger than this are not hashed (no sha256 entry can match them).
-const MAX_HASHED: u64 = 1 << 30;
+/// Executables larger than this are not hashed (no sha256 entry can match them): hashing
+/// runs on the pipeline's thread, and a miner is a few MiB.
+const MAX_HASHED: u64 = 64 << 20;
+
+/// FUSE's `f_type`: a file system a user may serve, which could stall a read for good.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// (device, inode, ctime s, ctime ns, size): a file's owner can set its mtime back, not its
+/// ctime, and a rewrite or a new file in a reused inode changes the ctime.
+type FileId = (u64, u64, i64, i64, u64);
 
 pub struct Allow {
     entries: Vec<AllowEntry>,
-    /// (device, inode, mtime, size) of an executable → its SHA-256, when hashed.
-    hashes: HashMap<(u64, u64, i64, u64), Option<String>>,
+    /// What identifies an executable's contents → its SHA-256, when hashed.
+    hashes: HashMap<FileId, Option<String>>,
     proc_root: PathBuf,
 }
 
@@ -68,8 +76,18 @@ impl Allow {
             }
             if let Some(h) = &e.sha256 {
                 if ok {
-                    let exe = self.proc_root.join(p.pid.to_string()).join("exe");
-                    let got = hash.get_or_insert_with(|| hash_file(&mut self.hashes, &exe));
+                    let dir = self.proc_root.join(p.pid.to_string());
+                    let got = hash.get_or_insert_with(|| {
+                        // The pid must still be the process the alert is about.
+                        let same = p.start == 0
+                            || crate::enrich::proc::start_of(&self.proc_root, p.pid)
+                                == Some(p.start);
+                        if same {
+                            hash_file(&mut self.hashes, &dir.join("exe"))
+                        } else {
+                            None
+                        }
+                    });
                     ok &= got.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(h));
                 }
                 said.push(format!("sha256 {}…", &h[..h.len().min(12)]));
@@ -84,17 +102,21 @@ impl Allow {
 
 /// The SHA-256 of the file `exe` (a `/proc/<pid>/exe` link) leads to, cached in `hashes` by
 /// what identifies its contents.
-fn hash_file(
-    hashes: &mut HashMap<(u64, u64, i64, u64), Option<String>>,
-    exe: &Path,
-) -> Option<String> {
+fn hash_file(hashes: &mut HashMap<FileId, Option<String>>, exe: &Path) -> Option<String> {
     {
         let mut f = std::fs::File::open(exe).ok()?;
         let m = f.metadata().ok()?;
         if m.len() > MAX_HASHED {
             return None;
         }
-        let key = (m.dev(), m.ino(), m.mtime(), m.len());
+        // SAFETY: a valid fd and out-pointer.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&f), &mut fs) } != 0
+            || fs.f_type as i64 == FUSE_SUPER_MAGIC
+        {
+            return None;
+        }
+        let key = (m.dev(), m.ino(), m.ctime(), m.ctime_nsec(), m.len());
         if let Some(h) = hashes.get(&key) {
             return h.clone();
         }

@@ -64,6 +64,7 @@ impl Describer {
                             sluid: p.sluid.clone(),
                         }
                     }),
+                    unsure: false,
                 })
                 .or_else(|| self.cgroups.get(&k).cloned())
         });
@@ -100,7 +101,9 @@ impl Describer {
                 match read {
                     Some((text, verified)) => {
                         let placed = procfs::parse_cgroup_file(&text);
-                        if let (Some(k), true) = (ckey, verified) {
+                        // A job-like path whose anchor is not known yet is read again next
+                        // time, not reused as "no job".
+                        if let (Some(k), true, false) = (ckey, verified, placed.unsure) {
                             keep(&mut self.cgroups, k, placed.clone());
                             sure = true;
                         }

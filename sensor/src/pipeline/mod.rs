@@ -143,6 +143,8 @@ pub struct Pipeline {
     jobs: Jobs,
     /// One alert per job, gathering its processes' alerts.
     job_alerts: jobs::JobAlerts,
+    /// Alerts waiting (briefly) for Slurm's answer about their job, oldest first.
+    held: std::collections::VecDeque<(AlertRecord, Instant)>,
     /// Jobs with processes here, for their start and end events.
     job_life: jobs::JobLife,
     allow: allow::Allow,
@@ -198,6 +200,7 @@ impl Pipeline {
             users,
             jobs: Jobs::spawn(cfg.slurm_squeue.clone()),
             job_alerts: jobs::JobAlerts::default(),
+            held: std::collections::VecDeque::new(),
             job_life: jobs::JobLife::default(),
             allow: allow::Allow::new(cfg.allow.clone()),
             gpus: crate::enrich::gpu::Gpus::spawn(cfg.nvml_library.clone()),
@@ -619,6 +622,24 @@ impl Pipeline {
     /// Writes the pending alerts, forgets what exited, and flushes every output. Called
     /// once both rings are drained.
     pub fn flush(&mut self) {
+        self.write_alerts(false);
+        self.settle();
+        self.api.flush();
+        self.out.flush();
+    }
+
+    /// Writes every alert, held ones too (at stop).
+    pub fn flush_all(&mut self) {
+        self.write_alerts(true);
+        self.flush();
+    }
+
+    /// Writes the pending alerts. An alert about a job Slurm has been asked about but has
+    /// not answered for yet is held (without blocking) until it answers, or for
+    /// [`slurm::JOB_WAIT`], so the first alert of a job names its account and partition;
+    /// later alerts about the same process wait behind it, in order.
+    fn write_alerts(&mut self, all: bool) {
+        let mut queue: Vec<(AlertRecord, Instant)> = std::mem::take(&mut self.held).into();
         for mut rec in std::mem::take(&mut self.pending) {
             if let Some(t) = self.table.get_mut(rec.process.pid) {
                 rec.update = t.revisions;
@@ -628,29 +649,44 @@ impl Pipeline {
                 // Looked up since the finding, or now (a bounded wait for the NSS thread).
                 rec.user = self.users.name_within(rec.process.uid, USER_WAIT);
             }
+            queue.push((rec, Instant::now()));
+        }
+        let mut waiting: Vec<u32> = Vec::new();
+        for (mut rec, since) in queue {
             if rec.job.is_none()
                 && let Some(j) = job_ref(&rec.process)
             {
-                rec.job = self.jobs.info_for_alert(&j);
+                rec.job = self.jobs.info(&j);
             }
-            rec.allowed = self.allow.check(&rec);
-            if rec.allowed.is_some() {
-                rec.severity = rec.severity.min(allow::ALLOWED_SEVERITY);
+            let unanswered =
+                rec.job.is_none() && job_ref(&rec.process).is_some_and(|j| self.jobs.asking(&j));
+            let hold = !all
+                && (waiting.contains(&rec.process.pid)
+                    || (unanswered && since.elapsed() < slurm::JOB_WAIT));
+            if hold {
+                waiting.push(rec.process.pid);
+                self.held.push_back((rec, since));
+                continue;
             }
-            self.counters.alerts += 1;
-            let ev = self.api.emit(rec.at, convert::alert(&rec), true);
-            self.out.event(&ev);
-            if let Some(j) = job_ref(&rec.process)
-                && let Some(job) = self.job_alerts.on_alert(j, &rec)
-            {
-                self.counters.alerts += 1;
-                let ev = self.api.emit(job.at, convert::alert(&job), true);
-                self.out.event(&ev);
-            }
+            self.write_alert(rec);
         }
-        self.settle();
-        self.api.flush();
-        self.out.flush();
+    }
+
+    fn write_alert(&mut self, mut rec: AlertRecord) {
+        rec.allowed = self.allow.check(&rec);
+        if rec.allowed.is_some() {
+            rec.severity = rec.severity.min(allow::ALLOWED_SEVERITY);
+        }
+        self.counters.alerts += 1;
+        let ev = self.api.emit(rec.at, convert::alert(&rec), true);
+        self.out.event(&ev);
+        if let Some(j) = job_ref(&rec.process)
+            && let Some(job) = self.job_alerts.on_alert(j, &rec)
+        {
+            self.counters.alerts += 1;
+            let ev = self.api.emit(job.at, convert::alert(&job), true);
+            self.out.event(&ev);
+        }
     }
 
     /// Every counter the pipeline and its signals keep, by name.

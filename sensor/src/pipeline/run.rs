@@ -437,6 +437,8 @@ async fn stop(
     stop_tx: watch::Sender<bool>,
     mut tasks: JoinSet<()>,
 ) {
+    // Alerts held for Slurm's answer go now, with what is known.
+    p.flush_all();
     let counters = kernel.counters();
     p.report_losses(&counters);
     let report = p.status_report(&counters, started);
