@@ -24,6 +24,12 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("the database writer has stopped")]
     Stopped,
+    #[error("database {path}: schema version {found} is {reason}")]
+    Schema {
+        path: PathBuf,
+        found: String,
+        reason: String,
+    },
 }
 
 const SCHEMA_VERSION: i64 = 2;
@@ -115,22 +121,40 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             })
             .optional()
             .map_err(err)?;
-        // Version 2 added the Slurm account and partition to events and alerts.
-        if v.as_deref() == Some("1") {
-            conn.execute_batch(
-                "ALTER TABLE events ADD COLUMN account TEXT;
-                 ALTER TABLE events ADD COLUMN partition TEXT;
-                 ALTER TABLE alerts ADD COLUMN account TEXT;
-                 ALTER TABLE alerts ADD COLUMN partition TEXT;",
-            )
-            .map_err(err)?;
-        }
-        if v.as_deref() != Some(&SCHEMA_VERSION.to_string()) {
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
-                [SCHEMA_VERSION.to_string()],
-            )
-            .map_err(err)?;
+        match v.as_deref().map(str::parse::<i64>) {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )
+                .map_err(err)?;
+            }
+            Some(Ok(SCHEMA_VERSION)) => {}
+            // Version 2 added the Slurm account and partition to events and alerts: the
+            // columns and the version change in one transaction, or not at all.
+            Some(Ok(1)) => conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     ALTER TABLE events ADD COLUMN account TEXT;
+                     ALTER TABLE events ADD COLUMN partition TEXT;
+                     ALTER TABLE alerts ADD COLUMN account TEXT;
+                     ALTER TABLE alerts ADD COLUMN partition TEXT;
+                     UPDATE meta SET value = '2' WHERE key = 'schema';
+                     COMMIT;",
+                )
+                .map_err(err)?,
+            Some(other) => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: v.unwrap_or_default(),
+                    reason: match other {
+                        Ok(n) if n > SCHEMA_VERSION => {
+                            "made by a newer collector: run that one, or a fresh database".into()
+                        }
+                        _ => "not a schema this collector knows".into(),
+                    },
+                });
+            }
         }
     }
     Ok(conn)
@@ -684,6 +708,16 @@ mod tests {
         drop(c);
         // Opening again changes nothing.
         open_conn(&db, false).unwrap();
+        // A newer collector's database is refused, not downgraded.
+        Connection::open(&db)
+            .unwrap()
+            .execute("UPDATE meta SET value = '3' WHERE key = 'schema'", [])
+            .unwrap();
+        let e = open_conn(&db, false).unwrap_err().to_string();
+        assert!(
+            e.contains("schema version 3") && e.contains("newer collector"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

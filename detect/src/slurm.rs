@@ -118,7 +118,7 @@ fn gpus_of(tres: &str) -> u32 {
             let rest = rest.strip_prefix([':', '='])?;
             Some(rest.rsplit(':').next()?.parse().unwrap_or(1))
         })
-        .sum()
+        .fold(0u32, u32::saturating_add)
 }
 
 #[cfg(test)]
@@ -196,5 +196,10 @@ mod tests {
         assert_eq!(gpus_of("gres:gpu:a100:4"), 4);
         assert_eq!(gpus_of("gpu"), 1);
         assert_eq!(gpus_of("gres/shard:3"), 0);
+        assert_eq!(
+            gpus_of("gpu:4294967295,gpu:4294967295"),
+            u32::MAX,
+            "no overflow"
+        );
     }
 }

@@ -60,6 +60,27 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Kills the job steps of this test cluster that outlived their slurmd: slurmstepd
+/// processes whose environment names this cluster's config (a real cluster's are left
+/// alone).
+fn kill_our_steps() {
+    let ours = format!("SLURM_CONF={BASE}/slurm.conf");
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let env = fs::read(e.path().join("environ")).unwrap_or_default();
+        if comm.trim_end() == "slurmstepd" && env.split(|&b| b == 0).any(|v| v == ours.as_bytes()) {
+            // SAFETY: plain kill(2) of a process this cluster started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// A user's uid and primary gid.
 fn ids(user: &str) -> (u32, u32) {
     let n = |flag: &str| -> u32 {
@@ -81,9 +102,7 @@ fn free_port() -> u16 {
 /// Kills what an earlier run left (its pid files, and job steps that outlived their
 /// slurmd), so set-up is idempotent.
 fn kill_leftovers(base: &Path) {
-    let _ = Command::new("pkill")
-        .args(["-KILL", "-x", "slurmstepd"])
-        .status();
+    kill_our_steps();
     for f in ["munge/pid", "slurmctld.pid", "slurmd.pid"] {
         if let Some(pid) = fs::read_to_string(base.join(f))
             .ok()
@@ -304,9 +323,7 @@ impl Slurm {
             let _ = d.kill();
             let _ = d.wait();
         }
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-x", "slurmstepd"])
-            .status();
+        kill_our_steps();
     }
 }
 

@@ -39,6 +39,11 @@ pub struct Allow {
 
 impl Allow {
     pub fn new(entries: Vec<AllowEntry>) -> Self {
+        if entries.iter().any(|e| e.account.is_some()) {
+            tracing::warn!(
+                "allow-list entries by account trust the account squeue reports: unless Slurm enforces accounts (slurmdbd, AccountingStorageEnforce=associations), any user can name one with sbatch -A"
+            );
+        }
         Allow {
             entries,
             hashes: HashMap::new(),

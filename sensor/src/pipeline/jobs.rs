@@ -13,6 +13,10 @@ use crate::enrich::slurm::JobRef;
 /// Jobs kept; past this the oldest half is forgotten (a node runs a few jobs at a time).
 const KEPT: usize = 1024;
 
+/// Reasons a job alert carries; past this, further processes' reasons are counted, not
+/// listed (a job of thousands of alerting processes stays one readable alert).
+const REASONS_KEPT: usize = 64;
+
 #[derive(Debug)]
 struct JobCase {
     revision: u32,
@@ -22,6 +26,10 @@ struct JobCase {
     reasons: BTreeMap<(&'static str, u32), Reason>,
     first_seen_at: SystemTime,
     order: u64,
+    /// The allowance every process alert gathered so far met; `None` once one met none.
+    allowed: Option<Option<String>>,
+    /// Reasons not listed (past [`REASONS_KEPT`]).
+    omitted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +59,13 @@ impl JobAlerts {
             reasons: BTreeMap::new(),
             first_seen_at: rec.first_seen_at,
             order,
+            allowed: None,
+            omitted: 0,
+        });
+        // A job is allowed only while every alert in it was.
+        case.allowed = Some(match &case.allowed {
+            None => rec.allowed.clone(),
+            Some(a) => a.clone().filter(|_| rec.allowed.is_some()),
         });
         case.order = order;
         let pid = rec.process.pid;
@@ -60,8 +75,13 @@ impl JobAlerts {
             .any(|r| !case.reasons.keys().any(|(code, _)| *code == r.code));
         let rose = rec.severity > case.severity;
         for r in &rec.reasons {
+            let key = (r.code, pid);
+            if case.reasons.len() >= REASONS_KEPT && !case.reasons.contains_key(&key) {
+                case.omitted += 1;
+                continue;
+            }
             case.reasons.insert(
-                (r.code, pid),
+                key,
                 Reason {
                     detail: format!("pid {pid} ({}): {}", rec.process.comm, r.detail),
                     ..r.clone()
@@ -75,10 +95,21 @@ impl JobAlerts {
         }
         let mut reasons: Vec<Reason> = case.reasons.values().cloned().collect();
         reasons.sort_by_key(|r| std::cmp::Reverse(r.weight));
+        if case.omitted > 0
+            && let Some(last) = reasons.last_mut()
+        {
+            last.detail += &format!(" (and {} more findings of other processes)", case.omitted);
+        }
+        // Unique across restarts and Slurm's reuse of ids: the job and when it was first
+        // seen alerting here.
+        let since = case
+            .first_seen_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let id = match (&job.id, &job.sluid) {
-            (Some(id), _) => format!("job-{id}"),
-            (None, Some(s)) => format!("job-{s}"),
-            (None, None) => "job-unknown".into(),
+            (Some(id), _) => format!("job-{id}-{since}"),
+            (None, Some(s)) => format!("job-{s}-{since}"),
+            (None, None) => format!("job-unknown-{since}"),
         };
         let update = case.revision;
         case.revision += 1;
@@ -90,6 +121,7 @@ impl JobAlerts {
             reasons,
             scope: Scope::Job,
             first_seen_at: case.first_seen_at,
+            allowed: case.allowed.clone().flatten(),
             ..rec.clone()
         })
     }

@@ -122,15 +122,10 @@ struct SaturationShown {
     found_ns: u64,
 }
 
-/// What was last sent of each sustained finding (saturation of a CPU or GPU, allocation
-/// breaches), by kind: each is found again at every tick while it lasts.
+/// What was last sent of each sustained finding (saturation of a CPU or of each GPU,
+/// allocation breaches), by kind: each is found again at every tick while it lasts.
 #[derive(Default)]
-struct SustainedShown(hashbrown::HashMap<&'static str, SaturationShown>);
-
-/// [`SustainedShown`]'s keys for GPU saturation, by GPU (the last for GPU 7 and above).
-const GPU_KEYS: [&str; 8] = [
-    "gpu0", "gpu1", "gpu2", "gpu3", "gpu4", "gpu5", "gpu6", "gpu7+",
-];
+struct SustainedShown(hashbrown::HashMap<(&'static str, u32), SaturationShown>);
 
 /// Saturation not found for this long ended; found again, it is a new start.
 const SATURATION_GAP_NS: u64 = 2_500_000_000;
@@ -588,12 +583,12 @@ impl Pipeline {
     /// once a second for every busy process of a node. The alert keeps the latest either way.
     fn evidence_due(&mut self, tgid: u32, now_ns: u64, finding: &Finding) -> bool {
         let (code, share) = match finding {
-            Finding::CpuSaturation { share, .. } => ("cpu", *share),
-            Finding::OutsideAllocation { share, .. } => ("outside", *share),
-            Finding::GpuSaturation { gpu, share, .. } => (GPU_KEYS[(*gpu as usize).min(7)], *share),
+            Finding::CpuSaturation { share, .. } => (("cpu", 0), *share),
+            Finding::OutsideAllocation { share, .. } => (("outside", 0), *share),
+            Finding::GpuSaturation { gpu, share, .. } => (("gpu", *gpu), *share),
             Finding::OverAllocation { resource, used, .. } => match resource {
-                minerwatch_detect::Resource::Cpus => ("over_cpus", *used),
-                minerwatch_detect::Resource::Gpus => ("over_gpus", *used),
+                minerwatch_detect::Resource::Cpus => (("over_cpus", 0), *used),
+                minerwatch_detect::Resource::Gpus => (("over_gpus", 0), *used),
             },
             _ => return true,
         };
