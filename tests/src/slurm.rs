@@ -290,6 +290,26 @@ impl Slurm {
         c
     }
 
+    /// A copy of the program at `path` in a folder of the cluster's, readable by the test
+    /// user and outside /tmp (a checkout under /tmp would make every job's program a
+    /// `suspicious_exe_location`).
+    pub fn install(&self, path: &str) -> String {
+        let dir = Path::new(BASE).join("bin");
+        fs::create_dir_all(&dir).unwrap();
+        let name = Path::new(path).file_name().unwrap();
+        let to = dir.join(name);
+        if !to.exists() {
+            let tmp = dir.join(format!(
+                ".{}.{}",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            fs::copy(path, &tmp).unwrap();
+            fs::rename(&tmp, &to).unwrap();
+        }
+        to.to_string_lossy().into_owned()
+    }
+
     /// Cancels a job (it may be over already).
     pub fn cancel(&self, job: u64) {
         let _ = self.cmd("scancel").arg(job.to_string()).output();

@@ -42,12 +42,13 @@ fn a_stratum_client_submitted_with_sbatch_names_its_job_user_account_and_partiti
         return;
     }
     let c = cluster();
+    let client = c.install(CLIENT);
     let (_l, addr) = listener(0);
     let mut s = Sensor::start("slurm-stratum", &[]);
     let job = c.sbatch(
         "physics",
         &[],
-        &format!("exec {CLIENT} stratum {addr} write"),
+        &format!("exec {client} stratum {addr} write"),
     );
     let alert = alert_where(&mut s, Duration::from_secs(30), |a| {
         a["job"] == job && has_reason(a, "stratum_protocol") && a["scope"] == "process"
@@ -128,6 +129,7 @@ fn cpu_outside_every_job_is_a_low_finding_and_inside_a_job_no_more_than_info() {
         return;
     }
     let c = cluster();
+    let client = c.install(CLIENT);
     // Info too, so the job's saturation is seen to have been judged.
     let mut s = Sensor::start(
         "slurm-cpu",
@@ -135,12 +137,12 @@ fn cpu_outside_every_job_is_a_low_finding_and_inside_a_job_no_more_than_info() {
     );
     // Outside any job: a login node's stray burner.
     let outside = Proc::spawn(
-        Command::new(CLIENT)
+        Command::new(&client)
             .args(["burn", "8"])
             .stdin(Stdio::null()),
     );
     let pid = outside.pid();
-    let job = c.sbatch("chemistry", &[], &format!("exec {CLIENT} burn 8"));
+    let job = c.sbatch("chemistry", &[], &format!("exec {client} burn 8"));
     let low = alert_where(&mut s, Duration::from_secs(20), |a| {
         a["pid"] == pid && has_reason(a, "outside_allocation")
     });
@@ -198,12 +200,13 @@ fn a_job_that_uses_more_cpus_than_it_holds_is_over_its_allocation() {
         return;
     }
     let c = cluster();
+    let client = c.install(CLIENT);
     let mut s = Sensor::start("slurm-over", &["--saturation-window", WINDOW]);
     // One CPU asked for, two burned: cores are not pinned here (ConstrainCores=no).
     let job = c.sbatch(
         "physics",
         &["-n", "1", "-c", "1"],
-        &format!("{CLIENT} burn 8 & {CLIENT} burn 8; wait"),
+        &format!("{client} burn 8 & {client} burn 8; wait"),
     );
     let a = alert_where(&mut s, Duration::from_secs(25), |a| {
         a["job"] == job && has_reason(a, "over_allocation") && a["scope"] == "process"
@@ -226,6 +229,7 @@ fn an_allowed_account_is_shown_with_its_reason_and_loses_no_events() {
         return;
     }
     let c = cluster();
+    let client = c.install(CLIENT);
     let dir = scratch("slurm-allow");
     let config = dir.join("minerwatch.toml");
     fs::write(
@@ -251,12 +255,12 @@ fn an_allowed_account_is_shown_with_its_reason_and_loses_no_events() {
     let allowed = c.sbatch(
         "benchmark",
         &[],
-        &format!("exec {CLIENT} stratum {addr} write"),
+        &format!("exec {client} stratum {addr} write"),
     );
     let other = c.sbatch(
         "physics",
         &[],
-        &format!("exec {CLIENT} stratum {addr} write"),
+        &format!("exec {client} stratum {addr} write"),
     );
     let a = alert_where(&mut s, Duration::from_secs(30), |a| {
         a["job"] == allowed && a["scope"] == "process" && has_reason(a, "stratum_protocol")
@@ -296,6 +300,7 @@ fn a_job_slurm_does_not_answer_for_is_shown_by_its_id_unconfirmed() {
         return;
     }
     let c = cluster();
+    let client = c.install(CLIENT);
     let dir = scratch("slurm-silent");
     let config = dir.join("minerwatch.toml");
     // A controller that never answers, as far as the sensor can tell.
@@ -313,7 +318,7 @@ fn a_job_slurm_does_not_answer_for_is_shown_by_its_id_unconfirmed() {
     let job = c.sbatch(
         "physics",
         &[],
-        &format!("exec {CLIENT} stratum {addr} write"),
+        &format!("exec {client} stratum {addr} write"),
     );
     let a = alert_where(&mut s, Duration::from_secs(30), |a| {
         a["job"] == job && a["scope"] == "process" && has_reason(a, "stratum_protocol")
