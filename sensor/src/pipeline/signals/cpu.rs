@@ -5,11 +5,14 @@ use std::time::Duration;
 use hashbrown::HashMap;
 
 use minerwatch_detect::{
-    Finding,
+    Finding, Resource,
     saturation::{Policy, Tracker},
 };
 
-use super::{Found, Signal, Tick};
+use super::{
+    Found, Signal, Tick,
+    allocation::{JobUse, Used},
+};
 use crate::{config::Config, pipeline::process::Table};
 
 /// One process's CPU history.
@@ -27,13 +30,9 @@ struct Cpu {
 struct Saturation {
     hz: f64,
     policy: Policy,
-    /// Each Slurm job's summed share on this node, against what it was allocated.
-    jobs: HashMap<u64, Tracker>,
+    /// Each Slurm job's summed share on this node, against the CPUs it holds.
+    jobs: JobUse,
 }
-
-/// A job is over its allocation when its processes together use this many CPUs more than
-/// it holds (a job that fills its CPUs exactly, with the sampling's noise, is not).
-const OVER_BY: f64 = 0.5;
 
 pub fn new(cfg: &Config) -> Box<dyn Signal> {
     Box::new(Saturation {
@@ -42,56 +41,8 @@ pub fn new(cfg: &Config) -> Box<dyn Signal> {
             window_ns: cfg.saturation_window.as_nanos() as u64,
             threshold: cfg.saturation_threshold,
         },
-        jobs: HashMap::new(),
+        jobs: JobUse::default(),
     })
-}
-
-impl Saturation {
-    /// Jobs whose processes together held more CPUs than Slurm gave the job here, for the
-    /// whole window. Only jobs Slurm answered for are judged.
-    fn over_allocation(
-        &mut self,
-        tick: &Tick<'_>,
-        dt_ns: u64,
-        by_job: &HashMap<u64, (f64, u32, f64)>,
-        out: &mut Vec<Found>,
-    ) {
-        let jobs: Vec<u64> = by_job
-            .keys()
-            .chain(self.jobs.keys())
-            .copied()
-            .collect::<std::collections::BTreeSet<u64>>()
-            .into_iter()
-            .collect();
-        for job in jobs {
-            let Some(&(allocated, _)) = tick.allocated.get(&job) else {
-                continue;
-            };
-            let (used, top, _) = by_job.get(&job).copied().unwrap_or((0.0, 0, 0.0));
-            let policy = Policy {
-                window_ns: self.policy.window_ns,
-                threshold: allocated as f64 + OVER_BY,
-            };
-            let tracker = self.jobs.entry(job).or_default();
-            if let Some(s) = tracker.push(policy, tick.now_ns, dt_ns, used)
-                && top != 0
-            {
-                out.push(Found {
-                    tgid: top,
-                    finding: Finding::OverAllocation {
-                        job,
-                        resource: minerwatch_detect::Resource::Cpus,
-                        used: s.share,
-                        allocated,
-                        secs: s.secs,
-                    },
-                    peer: None,
-                });
-            }
-        }
-        self.jobs
-            .retain(|job, t| tick.allocated.contains_key(job) && !t.idle());
-    }
 }
 
 impl Signal for Saturation {
@@ -103,8 +54,8 @@ impl Signal for Saturation {
         let dt_ns = tick.dt.as_nanos() as u64;
         let secs = tick.dt.max(Duration::from_millis(1)).as_secs_f64();
         let slurm_node = crate::enrich::slurm::slurm_node();
-        // Per job on this node: (summed share, busiest pid, its share).
-        let mut by_job: HashMap<u64, (f64, u32, f64)> = HashMap::new();
+        // Per job on this node: its summed share, and its busiest process and that one's.
+        let mut by_job: HashMap<u64, (Used, f64)> = HashMap::new();
         for (&tgid, &total) in &tick.cpu.samples {
             let t = table.load(tgid);
             let in_job = t.info.job.is_some() || t.info.sluid.is_some();
@@ -122,10 +73,16 @@ impl Signal for Saturation {
             let share = total.saturating_sub(std::mem::replace(&mut st.prev, total)) as f64
                 / (self.hz * secs);
             if let Some(job) = job {
-                let e = by_job.entry(job).or_insert((0.0, tgid, 0.0));
-                e.0 += share;
-                if share > e.2 {
-                    (e.1, e.2) = (tgid, share);
+                let (u, best) = by_job.entry(job).or_insert((
+                    Used {
+                        amount: 0.0,
+                        top: tgid,
+                    },
+                    0.0,
+                ));
+                u.amount += share;
+                if share > *best {
+                    (u.top, *best) = (tgid, share);
                 }
             }
             if share > 0.0 || st.tracking {
@@ -158,7 +115,16 @@ impl Signal for Saturation {
                 }
             }
         }
-        self.over_allocation(tick, dt_ns, &by_job, out);
+        let used: HashMap<u64, Used> = by_job.into_iter().map(|(j, (u, _))| (j, u)).collect();
+        self.jobs.judge(
+            Resource::Cpus,
+            self.policy.window_ns,
+            tick.now_ns,
+            dt_ns,
+            &used,
+            |j| tick.allocated.get(&j).map(|a| a.0),
+            out,
+        );
         // Tracked processes that were not sampled at all this time were idle.
         for t in table.iter_mut() {
             if tick.cpu.samples.contains_key(&t.key.tgid) {

@@ -4,11 +4,14 @@
 //! is weak evidence by itself, and the job's allocation decides how it weighs.
 use hashbrown::HashMap;
 use minerwatch_detect::{
-    Finding,
+    Finding, Resource,
     saturation::{Policy, Tracker},
 };
 
-use super::{Found, Signal, Tick};
+use super::{
+    Found, Signal, Tick,
+    allocation::{JobUse, Used},
+};
 use crate::{config::Config, pipeline::process::Table};
 
 /// One process's use of each GPU it ran on.
@@ -20,7 +23,7 @@ struct GpuUse {
 struct GpuSaturation {
     policy: Policy,
     /// Per Slurm job: GPUs its processes keep busy on this node, against what it holds.
-    jobs: HashMap<u64, Tracker>,
+    jobs: JobUse,
 }
 
 /// A GPU counts as used by a job when one of its processes has at least this share of it.
@@ -32,53 +35,8 @@ pub fn new(cfg: &Config) -> Box<dyn Signal> {
             window_ns: cfg.saturation_window.as_nanos() as u64,
             threshold: cfg.saturation_threshold,
         },
-        jobs: HashMap::new(),
+        jobs: JobUse::default(),
     })
-}
-
-impl GpuSaturation {
-    /// Jobs Slurm answered for whose processes kept more GPUs busy than the job holds, for
-    /// the whole window.
-    fn over_allocation(
-        &mut self,
-        tick: &Tick<'_>,
-        dt_ns: u64,
-        by_job: &HashMap<u64, (Vec<u32>, u32, f64)>,
-        out: &mut Vec<Found>,
-    ) {
-        let jobs: std::collections::BTreeSet<u64> =
-            by_job.keys().chain(self.jobs.keys()).copied().collect();
-        for job in jobs {
-            let Some(&(_, allocated)) = tick.allocated.get(&job) else {
-                continue;
-            };
-            let (used, top) = by_job
-                .get(&job)
-                .map_or((0.0, 0), |(gpus, top, _)| (gpus.len() as f64, *top));
-            let policy = Policy {
-                window_ns: self.policy.window_ns,
-                threshold: f64::from(allocated) + 0.5,
-            };
-            let tracker = self.jobs.entry(job).or_default();
-            if let Some(s) = tracker.push(policy, tick.now_ns, dt_ns, used)
-                && top != 0
-            {
-                out.push(Found {
-                    tgid: top,
-                    finding: Finding::OverAllocation {
-                        job,
-                        resource: minerwatch_detect::Resource::Gpus,
-                        used: s.share,
-                        allocated,
-                        secs: s.secs,
-                    },
-                    peer: None,
-                });
-            }
-        }
-        self.jobs
-            .retain(|job, t| tick.allocated.contains_key(job) && !t.idle());
-    }
 }
 
 impl Signal for GpuSaturation {
@@ -127,7 +85,22 @@ impl Signal for GpuSaturation {
                 });
             }
         }
-        self.over_allocation(tick, dt_ns, &by_job, out);
+        let used: HashMap<u64, Used> = by_job
+            .into_iter()
+            .map(|(j, (gpus, top, _))| {
+                let amount = gpus.len() as f64;
+                (j, Used { amount, top })
+            })
+            .collect();
+        self.jobs.judge(
+            Resource::Gpus,
+            self.policy.window_ns,
+            tick.now_ns,
+            dt_ns,
+            &used,
+            |j| tick.allocated.get(&j).map(|a| a.1),
+            out,
+        );
         // Processes NVML no longer lists on a GPU were idle there.
         for t in table.iter_mut() {
             let tgid = t.key.tgid;

@@ -7,6 +7,7 @@
 //!
 //! Adding a signal: a new file here with a type that implements [`Signal`], and its row in
 //! [`REGISTRY`]. Nothing else in the pipeline changes.
+mod allocation;
 mod cpu;
 mod dns;
 mod fanout;
